@@ -1,0 +1,3 @@
+from mainrag.cli import main
+
+main()

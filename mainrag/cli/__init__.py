@@ -1,0 +1,8 @@
+"""The ``mainrag`` command line. Each sub-module adds its commands to ``app``."""
+
+from __future__ import annotations
+
+from mainrag.cli.app import app, main
+from mainrag.cli import filtering, models  # noqa: F401  (register commands)
+
+__all__ = ["app", "main"]

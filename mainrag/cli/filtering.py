@@ -1,0 +1,126 @@
+"""``mainrag filter`` and ``mainrag answer``: one query over a JSONL file of candidates."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from rich.table import Table
+
+from mainrag.cli.app import app, friendly, out
+from mainrag.config import Settings
+from mainrag.documents import load_documents
+from mainrag.engine import MainRAG
+from mainrag.errors import ConfigError, InputError
+from mainrag.results import FilterResult, ScoredDocument
+
+BackendKind = Literal["local", "openai"]
+
+
+def build_settings(
+    config: Path | None = None,
+    judges: Path | None = None,
+    backend: str | None = None,
+    base_url: list[str] | None = None,
+    model: str | None = None,
+    **fields: Any,
+) -> Settings:
+    """Settings from a config file and the environment, overridden by the given options."""
+    overrides: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+    back = {"kind": backend, "base_urls": base_url or None, "model": model}
+    if any(v is not None for v in back.values()):
+        overrides["backend"] = {k: v for k, v in back.items() if v is not None}
+    if judges is not None:
+        overrides["judges"] = _read_judges(judges)
+    return Settings.load(config, **overrides)
+
+
+def _read_judges(path: Path) -> list[dict[str, Any]]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"judges file {path} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"judges file {path} is not valid TOML: {exc}") from None
+    if not isinstance(data.get("judges"), list) or not data["judges"]:
+        raise ConfigError(f"judges file {path} needs one or more [[judges]] tables")
+    return data["judges"]
+
+
+def _snippet(doc: ScoredDocument, width: int = 60) -> str:
+    text = (f"{doc.title}: " if doc.title else "") + doc.text
+    return text[:width].replace("\n", " ") + ("…" if len(text) > width else "")
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.2f}"
+
+
+def render_filter(result: FilterResult) -> None:
+    """A readable table: kept first (best first), then dropped."""
+    b = result.bar
+    out.print(
+        f"[bold]{len(result.kept)} kept[/] of {len(result.kept) + len(result.dropped)} · "
+        f"bar τ = {b.tau:+.3f} (mean {b.mean:+.3f} − {b.n:g}·std {b.std:.3f}, {b.mode}) · "
+        f"{result.usage.calls} LLM calls · {result.timings.get('total', 0):.1f}s"
+    )
+    table = Table("rank", "keep", "score", *result.judges, "id", "document", "predicted answer")
+    for d in result.kept + result.dropped:
+        table.add_row(
+            str(d.rank or ""), "✓" if d.kept else "✗", _fmt(d.score),
+            *[_fmt(j.score) + ("*" if j.censored else "") if j.error is None else "failed" for j in d.judges.values()],
+            d.id, _snippet(d), (d.answer or "")[:40],
+        )
+    out.print(table)
+    for judge, count in result.failed_judgements.items():
+        out.print(f"[yellow]judge {judge} failed on {count} document(s)[/]")
+
+
+def run(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="JSONL: {id,title,text} passages, or Self-RAG records with ctxs.")],
+    query: Annotated[str | None, typer.Option("--query", "-q", help="The question (default: the record's).")] = None,
+    backend: Annotated[BackendKind | None, typer.Option(help="local (llama.cpp) or openai (vLLM...).")] = None,
+    base_url: Annotated[list[str] | None, typer.Option("--base-url", help="OpenAI-compatible URL; repeat to balance.")] = None,
+    model: Annotated[str | None, typer.Option(help="Preset name or .gguf path (local); served model (openai).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
+    judges: Annotated[Path | None, typer.Option(help="TOML file of judges tables (consensus).")] = None,
+    n: Annotated[float | None, typer.Option(help="Bar: tau = mean - n*std (paper: 0).")] = None,
+    min_keep: Annotated[int | None, typer.Option(help="Keep at least this many.")] = None,
+    max_keep: Annotated[int | None, typer.Option(help="Keep at most this many.")] = None,
+    consensus: Annotated[Literal["mean", "vote", "unanimous"] | None, typer.Option(help="How judges agree.")] = None,
+    judge_only: Annotated[bool | None, typer.Option("--judge-only/--with-predictor", help="Skip the Predictor.")] = None,
+    layout: Annotated[Literal["paper", "prefix"] | None, typer.Option(help="Judge prompt layout.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N candidates.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Filter (or answer from) the candidates in FILE for one query."""
+    settings = build_settings(
+        config, judges, backend, base_url, model, n=n, min_keep=min_keep, max_keep=max_keep,
+        consensus=consensus, judge_only=judge_only, layout=layout,
+    )
+    docs, record_query = load_documents(file)
+    question = query or record_query
+    if not question:
+        raise InputError(f"{file} holds passages but no question; pass --query")
+    rag = MainRAG(settings)
+    try:
+        docs = docs[:limit] if limit else docs
+        if ctx.info_name == "answer":
+            result = rag.answer_sync(question, docs)
+            if as_json:
+                print(result.model_dump_json(indent=2))
+                return
+            render_filter(result.filter)
+            out.print(f"\n[bold]Answer:[/] {result.answer}\n[dim]cited: {', '.join(result.citations)}[/]")
+        else:
+            filtered = rag.filter_sync(question, docs)
+            print(filtered.model_dump_json(indent=2)) if as_json else render_filter(filtered)
+    finally:
+        rag.close()
+
+
+app.command("filter", help="Score candidates with the judges and keep those at or above the bar.")(friendly(run))
+app.command("answer", help="Filter the candidates, then answer from the kept ones, citing them.")(friendly(run))

@@ -1,0 +1,110 @@
+"""Configuration: constructor arguments, ``MAINRAG_*`` environment variables,
+or a TOML file (``MAINRAG_CONFIG`` or :meth:`Settings.from_toml`), in that
+order of precedence. Nested fields use ``__`` in variable names, e.g.
+``MAINRAG_BACKEND__KIND=openai``.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from mainrag.errors import ConfigError
+from mainrag.models import DEFAULT_MODEL
+from mainrag.prompts import Layout
+from mainrag.threshold import ConsensusMode
+
+_TOML: ContextVar[Path | None] = ContextVar("mainrag_toml", default=None)
+
+
+class BackendSettings(BaseModel):
+    """Where an agent's model runs."""
+
+    kind: Literal["local", "openai"] = "local"
+    model: str = DEFAULT_MODEL  # local: preset name or .gguf path; openai: served model name
+    base_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8000/v1"])
+    max_concurrency: int = Field(8, ge=1)  # in-flight requests per endpoint
+    timeout: float = Field(120.0, gt=0)
+    retries: int = Field(3, ge=0)
+    n_ctx: int = Field(4096, ge=256)  # local only
+    n_threads: int | None = None  # local only
+
+
+class JudgeSettings(BaseModel):
+    """One judge of a consensus; unset fields inherit the main settings."""
+
+    name: str | None = None
+    backend: BackendSettings | None = None
+    prompt: str | None = None  # TOML template path (or built-in name)
+    layout: Layout | None = None
+
+
+class Settings(BaseSettings):
+    """Everything that decides how mainrag filters and answers."""
+
+    model_config = SettingsConfigDict(env_prefix="MAINRAG_", env_nested_delimiter="__", extra="forbid")
+
+    backend: BackendSettings = Field(default_factory=BackendSettings)
+    judges: list[JudgeSettings] = Field(default_factory=list)  # empty: one judge on `backend`
+    n: float = 0.0  # tau = mean - n * std
+    min_keep: int = Field(1, ge=0)
+    max_keep: int | None = Field(None, ge=1)
+    consensus: ConsensusMode = "mean"
+    quorum: int | None = Field(None, ge=1)
+    layout: Layout = "paper"
+    judge_only: bool = False  # skip the Predictor: half the calls
+    predictor_prompt: str = "predictor"
+    final_prompt: str = "final"
+    answer_max_tokens: int = Field(48, ge=1)
+    final_max_tokens: int = Field(128, ge=1)
+    max_doc_chars: int = Field(2000, ge=100)  # truncation of untrusted document text
+    top_k: int = Field(20, ge=1)  # candidates retrieved when none are given
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.max_keep is not None and self.max_keep < self.min_keep:
+            raise ValueError(f"max_keep ({self.max_keep}) is below min_keep ({self.min_keep})")
+        if self.quorum and self.judges and self.quorum > len(self.judges):
+            raise ValueError(f"quorum {self.quorum} exceeds the {len(self.judges)} judges")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = _TOML.get() or os.environ.get("MAINRAG_CONFIG")
+        if not path:
+            return init_settings, env_settings
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path)
+
+    @classmethod
+    def load(cls, config: str | Path | None = None, **overrides: object) -> Settings:
+        """Settings from an optional TOML file, the environment and overrides,
+        with a readable error instead of a validation traceback."""
+        if config is not None and not Path(config).is_file():
+            raise ConfigError(f"config file {config} not found")
+        token = _TOML.set(Path(config) if config else None)
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"invalid configuration: {problems}") from None
+        finally:
+            _TOML.reset(token)

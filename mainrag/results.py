@@ -1,0 +1,82 @@
+"""What a filter or answer call returns: every score and decision, visible."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from mainrag.threshold import Bar
+
+
+class Usage(BaseModel):
+    """LLM calls and tokens spent."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, prompt_tokens: int, completion_tokens: int = 0) -> None:
+        self.calls += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            calls=self.calls + other.calls,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+
+class JudgeScore(BaseModel):
+    """One judge's verdict on one document."""
+
+    score: float | None  # log P(Yes) - log P(No); None if the judge failed
+    z: float | None = None  # z-score within the query (consensus input)
+    censored: bool = False  # score is a bound: a label was outside the top log-probs
+    error: str | None = None
+
+
+class ScoredDocument(BaseModel):
+    """A candidate with everything the agents said about it."""
+
+    id: str
+    text: str
+    title: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    score: float | None  # final score the bar applies to; None if unscored
+    judges: dict[str, JudgeScore]
+    answer: str | None = None  # the Predictor's answer from this document alone
+    votes: int | None = None  # keep-votes in vote/unanimous consensus
+    retriever_rank: int  # 1-based position in the input
+    rank: int | None = None  # 1-based position among kept documents
+    kept: bool = False
+
+    @property
+    def censored(self) -> bool:
+        return any(j.censored for j in self.judges.values())
+
+
+class FilterResult(BaseModel):
+    """The judge bar's decision for one query."""
+
+    query: str
+    kept: list[ScoredDocument]
+    dropped: list[ScoredDocument]
+    bar: Bar
+    judges: list[str]
+    failed_judgements: dict[str, int] = Field(default_factory=dict)  # judge -> documents it failed on
+    timings: dict[str, float] = Field(default_factory=dict)  # seconds per stage
+    usage: Usage = Field(default_factory=Usage)
+
+
+class AnswerResult(BaseModel):
+    """The Final-Predictor's answer from the kept documents, with citations."""
+
+    query: str
+    answer: str
+    citations: list[str]  # ids of the kept documents given to the Final-Predictor, in order
+    filter: FilterResult
+    timings: dict[str, float] = Field(default_factory=dict)
+    usage: Usage = Field(default_factory=Usage)

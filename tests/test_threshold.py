@@ -1,0 +1,116 @@
+"""The judge bar and consensus: hand-computed cases and properties."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mainrag.threshold import decide
+
+scores_1d = st.lists(
+    st.floats(min_value=-30, max_value=30, allow_nan=False, allow_infinity=False), min_size=1, max_size=25
+)
+
+
+def col(xs: list[float]) -> list[list[float]]:
+    return [[x] for x in xs]
+
+
+def test_paper_bar_keeps_at_or_above_mean_in_score_order() -> None:
+    d = decide(col([1.0, 4.0, 2.0, 5.0]))  # mean 3, n = 0
+    assert d.bar.tau == pytest.approx(3.0)
+    assert d.bar.std == pytest.approx(math.sqrt(2.5))  # population std
+    assert d.kept == [3, 1]
+
+
+def test_n_moves_the_bar_by_std() -> None:
+    d = decide(col([1.0, 4.0, 2.0, 5.0]), n=0.5)
+    assert d.bar.tau == pytest.approx(3.0 - 0.5 * math.sqrt(2.5))  # 2.209
+    assert d.kept == [3, 1]
+    assert decide(col([1.0, 4.0, 2.0, 5.0]), n=1.0).kept == [3, 1, 2]
+
+
+def test_equal_scores_keep_all_despite_rounding() -> None:
+    assert decide(col([0.1] * 7)).kept == list(range(7))
+
+
+def test_negative_n_empties_then_falls_back_to_min_keep() -> None:
+    assert decide(col([1.0, 2.0, 3.0]), n=-5).kept == [2]
+    assert decide(col([1.0, 2.0, 3.0]), n=-5, min_keep=2).kept == [2, 1]
+
+
+def test_max_keep_truncates_best_first() -> None:
+    assert decide(col([5.0, 4.0, 3.0, 0.0]), n=1, max_keep=2).kept == [0, 1]
+
+
+def test_ties_keep_retriever_order() -> None:
+    assert decide(col([2.0, 3.0, 3.0, 0.0])).kept == [1, 2, 0]
+
+
+def test_mean_consensus_on_z_scores() -> None:
+    # judge A: 1,2,3 -> z -1.22, 0, 1.22 ; judge B: 30,10,20 -> z 1.22, -1.22, 0
+    d = decide([[1, 30], [2, 10], [3, 20]])
+    expected = [0.0, -0.6124, 0.6124]
+    assert d.final == pytest.approx(expected, abs=1e-3)
+    assert d.kept == [2, 0]  # mean of finals is 0; doc 1 falls below
+
+
+def test_vote_and_unanimous_on_a_hand_computed_case() -> None:
+    m = [[1, 30], [2, 10], [3, 20]]  # A keeps {1,2}; B keeps {0,2} (taus 2 and 20)
+    vote = decide(m, mode="vote")
+    assert vote.bar.judge_taus == pytest.approx([2.0, 20.0])
+    assert vote.votes == [1, 1, 2]
+    assert sorted(vote.kept) == [0, 1, 2]  # quorum: half of 2 judges = 1 vote
+    assert decide(m, mode="unanimous").kept == [2]
+    assert decide(m, mode="vote", quorum=2).kept == [2]
+
+
+def test_failed_judge_is_left_out_of_that_documents_consensus() -> None:
+    nan = float("nan")
+    d = decide([[1, 30], [2, nan], [3, 20]], mode="unanimous")
+    assert d.votes is not None and d.votes[1] == 1  # only judge A answered, and voted keep (2 >= 2)
+    assert 1 in d.kept
+    assert d.z[1][1] is None
+
+
+def test_unscored_document_is_dropped() -> None:
+    nan = float("nan")
+    d = decide([[nan], [1.0], [2.0]], n=5)
+    assert 0 not in d.kept and d.final[0] is None
+
+
+def test_no_score_at_all_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        decide([[float("nan")], [float("nan")]])
+
+
+@given(scores_1d, st.floats(min_value=0, max_value=3))
+def test_nonnegative_n_keeps_at_least_one(xs: list[float], n: float) -> None:
+    assert len(decide(col(xs), n=n, min_keep=0).kept) >= 1
+
+
+@given(scores_1d, st.floats(min_value=0, max_value=3), st.floats(min_value=0, max_value=3))
+def test_kept_set_grows_with_n(xs: list[float], a: float, b: float) -> None:
+    lo, hi = sorted((a, b))
+    assert set(decide(col(xs), n=lo).kept) <= set(decide(col(xs), n=hi).kept)
+
+
+@given(st.lists(st.lists(st.floats(-20, 20), min_size=3, max_size=3), min_size=1, max_size=20),
+       st.sampled_from(["mean", "vote", "unanimous"]), st.floats(-1, 2))
+@settings(max_examples=200)
+def test_output_is_descending_and_within_bounds(rows: list[list[float]], mode: str, n: float) -> None:
+    d = decide(rows, n=n, mode=mode, min_keep=1, max_keep=10)  # type: ignore[arg-type]
+    finals = [d.final[i] for i in d.kept]
+    assert finals == sorted(finals, reverse=True)
+    assert 1 <= len(d.kept) <= 10
+    assert len(set(d.kept)) == len(d.kept)
+
+
+@given(scores_1d)
+def test_single_judge_final_score_is_the_raw_score(xs: list[float]) -> None:
+    d = decide(col(xs))
+    assert np.allclose(d.final, xs)
