@@ -9,11 +9,12 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import BaseModel
 
 from mainrag.agents import FinalPredictor, Judge, Predictor
 from mainrag.backends import Backend, make_backend
 from mainrag.backends.base import Generation, Judgement
-from mainrag.config import BackendSettings, Settings
+from mainrag.config import BackendSettings, JudgeSettings, Settings
 from mainrag.documents import Document, as_documents
 from mainrag.errors import InputError, JudgeError, MainRAGError
 from mainrag.prompts import judge_template_name, load_template
@@ -56,15 +57,19 @@ class MainRAG:
         settings: Settings | None = None,
         *,
         backend: Backend | BackendSettings | Mapping[str, Any] | None = None,
-        judges: Sequence[Judge] | None = None,
+        judges: Sequence[Judge] | Sequence[JudgeSettings | Mapping[str, Any]] | None = None,
         retriever: Retriever | None = None,
         **overrides: Any,
     ):
-        """``backend`` is a ready Backend, or its settings (merged over the
-        environment's); ``overrides`` are :class:`Settings` fields."""
+        """``backend`` is a ready Backend or its settings (merged over the
+        environment's); ``judges`` are ready Judges or their settings;
+        ``overrides`` are :class:`Settings` fields."""
         if isinstance(backend, BackendSettings | Mapping):
-            overrides["backend"] = backend.model_dump() if isinstance(backend, BackendSettings) else backend
+            overrides["backend"] = _plain(backend)
             backend = None
+        if judges and not all(isinstance(j, Judge) for j in judges):
+            overrides["judges"] = [_plain(j) for j in judges]
+            judges = None
         self.settings = settings or Settings.load(**overrides)
         s = self.settings
         self._backends: dict[str, Backend] = {}
@@ -78,7 +83,7 @@ class MainRAG:
             self.backend, load_template(s.final_prompt),
             max_tokens=s.final_max_tokens, max_doc_chars=s.max_doc_chars,
         )
-        self.judges = list(judges) if judges else self._make_judges()
+        self.judges: list[Judge] = list(judges) if judges else self._make_judges()  # type: ignore[arg-type]
         self._runner: asyncio.Runner | None = None
 
     def _backend(self, cfg: BackendSettings) -> Backend:
@@ -225,7 +230,9 @@ class MainRAG:
         return self._run(self.answer(query, documents))
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(b.aclose() for b in {id(b): b for b in [self.backend, *self._backends.values(), *(j.backend for j in self.judges)]}.values()))
+        """Close every backend this instance uses, each once."""
+        backends = {id(b): b for b in [self.backend, *self._backends.values(), *(j.backend for j in self.judges)]}
+        await asyncio.gather(*(b.aclose() for b in backends.values()))
 
     def close(self) -> None:
         if self._runner is not None:
@@ -238,6 +245,11 @@ class MainRAG:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _plain(cfg: Any) -> Any:
+    """Settings objects as dicts, so they merge with the environment's values."""
+    return cfg.model_dump(exclude_unset=True) if isinstance(cfg, BaseModel) else cfg
 
 
 def _check_query(query: str) -> str:

@@ -1,0 +1,82 @@
+"""Judge prompt layouts compared side by side: ranking quality and speed.
+
+For the first N PopQA questions x their first K passages, the Predictor answers
+once per passage; then the Judge scores every passage with the paper's layout
+(document, question, answer) and with the prefix-sharing layout (question first,
+document last). Reports per-question ROC-AUC against "passage holds a gold
+answer" (averaged over questions with both labels), the retriever's own order
+as the baseline, and seconds per judgement.
+
+    .venv/bin/python benchmarks/judge_layouts.py --model qwen2.5-0.5b --questions 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mainrag import MainRAG
+from mainrag.agents import Judge
+from mainrag.documents import Document, record_passages
+from mainrag.metrics import roc_auc
+from mainrag.prompts import judge_template_name, load_template
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "popqa_longtail_100.jsonl"
+
+
+def has_answer(doc: Document, answers: list[str]) -> bool:
+    text = doc.content.lower()
+    return any(a.lower() in text for a in answers)
+
+
+async def run(model: str, questions: int, k: int) -> dict[str, object]:
+    records = [json.loads(line) for line in DATA.open()][:questions]
+    rag = MainRAG(backend={"kind": "local", "model": model})
+    judges = {
+        layout: Judge(layout, rag.backend, load_template(judge_template_name(layout, with_answer=True)),
+                      max_doc_chars=rag.settings.max_doc_chars)
+        for layout in ("paper", "prefix")
+    }
+    aucs: dict[str, list[float]] = {"paper": [], "prefix": [], "retriever": []}
+    seconds = {"paper": 0.0, "prefix": 0.0}
+    n_judged = 0
+    for rec in records:
+        docs = record_passages(rec)[:k]
+        labels = [has_answer(d, rec["answers"]) for d in docs]
+        answers = [(await rag.predictor.predict(rec["question"], d)).text for d in docs]
+        for layout, judge in judges.items():
+            start = time.perf_counter()
+            scores = [(await judge.score(rec["question"], d, a)).log_odds for d, a in zip(docs, answers)]
+            seconds[layout] += time.perf_counter() - start
+            if 0 < sum(labels) < len(labels):
+                aucs[layout].append(roc_auc(scores, labels))
+        if 0 < sum(labels) < len(labels):
+            aucs["retriever"].append(roc_auc([-i for i in range(len(docs))], labels))
+        n_judged += len(docs)
+        print(f"{rec['question'][:60]!r}: paper {aucs['paper'][-1:]} prefix {aucs['prefix'][-1:]}", flush=True)
+    await rag.aclose()
+    return {
+        "model": model, "questions": questions, "passages": k, "machine": platform.machine(),
+        "auc": {name: round(float(np.mean(v)), 3) for name, v in aucs.items()},
+        "questions_with_both_labels": len(aucs["retriever"]),
+        "seconds_per_judgement": {name: round(s / n_judged, 3) for name, s in seconds.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="qwen2.5-0.5b")
+    parser.add_argument("--questions", type=int, default=10)
+    parser.add_argument("--k", type=int, default=20)
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args.model, args.questions, args.k)), indent=2))
+
+
+if __name__ == "__main__":
+    main()

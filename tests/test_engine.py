@@ -1,0 +1,87 @@
+"""The orchestrator end to end with a real (tiny) embedded model."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from mainrag import InputError, JudgeSettings, MainRAG
+from mainrag.documents import load_documents
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "popqa_question.jsonl"
+TINY = {"kind": "local", "model": "smollm2-135m", "n_ctx": 2048}
+
+
+@pytest.fixture(scope="module")
+def candidates() -> tuple[str, list]:
+    docs, question = load_documents(EXAMPLE)
+    assert question
+    return question, docs[:5]
+
+
+async def test_filter_scores_every_document_and_orders_by_score(candidates: tuple[str, list]) -> None:
+    question, docs = candidates
+    async with MainRAG(backend=TINY) as rag:
+        result = await rag.filter(question, docs)
+    everything = result.kept + result.dropped
+    assert sorted(d.id for d in everything) == sorted(d.id for d in docs)
+    assert all(d.score is not None and math.isfinite(d.score) for d in everything)
+    assert [d.rank for d in result.kept] == list(range(1, len(result.kept) + 1))
+    kept_scores = [d.score for d in result.kept]
+    assert kept_scores == sorted(kept_scores, reverse=True)
+    assert all(d.score >= result.bar.tau - 1e-9 for d in result.kept)
+    assert all(d.score < result.bar.tau for d in result.dropped)
+    scores = [d.score for d in everything]
+    assert result.bar.mean == pytest.approx(sum(scores) / len(scores))
+    assert all(d.answer for d in everything)  # the Predictor answered from each document
+    assert result.usage.calls == 2 * len(docs) and result.usage.prompt_tokens > 0
+    assert {"predict", "judge", "bar", "total"} <= set(result.timings)
+
+
+async def test_judge_only_skips_the_predictor(candidates: tuple[str, list]) -> None:
+    question, docs = candidates
+    async with MainRAG(backend=TINY, judge_only=True) as rag:
+        result = await rag.filter(question, docs)
+    assert result.usage.calls == len(docs)
+    assert all(d.answer is None for d in result.kept + result.dropped)
+
+
+async def test_two_judges_vote_and_report_each_score(candidates: tuple[str, list]) -> None:
+    question, docs = candidates
+    judges = [JudgeSettings(name="paper", layout="paper"), JudgeSettings(name="prefix", layout="prefix")]
+    async with MainRAG(backend=TINY, judges=judges, consensus="vote") as rag:
+        result = await rag.filter(question, docs)
+    assert result.judges == ["paper", "prefix"]
+    for d in result.kept + result.dropped:
+        assert set(d.judges) == {"paper", "prefix"}
+        assert all(j.score is not None and j.z is not None for j in d.judges.values())
+        assert d.votes is not None and 0 <= d.votes <= 2
+    assert len(result.bar.judge_taus) == 2
+    assert all(d.votes >= 1 for d in result.kept)  # quorum: 1 of 2 judges
+
+
+async def test_answer_cites_the_kept_documents(candidates: tuple[str, list]) -> None:
+    question, docs = candidates
+    async with MainRAG(backend=TINY) as rag:
+        result = await rag.answer(question, docs)
+    assert result.answer.strip()
+    assert result.citations == [d.id for d in result.filter.kept]
+    assert result.usage.calls == result.filter.usage.calls + 1
+
+
+def test_sync_api_and_input_errors(candidates: tuple[str, list]) -> None:
+    question, docs = candidates
+    rag = MainRAG(backend=TINY, max_keep=1)
+    try:
+        assert len(rag.filter_sync(question, docs[:3]).kept) == 1
+        assert len(rag.filter_sync(question, docs[:2]).kept) == 1  # same loop, twice
+        with pytest.raises(InputError, match="no documents"):
+            rag.filter_sync(question, [])
+        with pytest.raises(InputError, match="query is empty"):
+            rag.filter_sync("  ", docs)
+        with pytest.raises(InputError, match="no retriever"):
+            rag.answer_sync(question)
+    finally:
+        rag.close()
