@@ -12,11 +12,11 @@ if [ -z "${MAINRAG_TEST_VLLM_URL:-}" ] && [ "${MAINRAG_SKIP_VLLM:-0}" != 1 ]; th
   export MAINRAG_VLLM_VENV=${MAINRAG_VLLM_VENV:-.venv-vllm}
   bash scripts/vllm_setup.sh
   GGUF=$("$VENV/bin/mainrag" models path qwen2.5-0.5b)
-  HF_DIR=${MAINRAG_VLLM_MODEL_DIR:-$HOME/.cache/mainrag/vllm/qwen2.5-0.5b-hf}
-  "$MAINRAG_VLLM_VENV/bin/python" scripts/vllm_prepare_model.py "$GGUF" "$HF_DIR"
+  export MAINRAG_VLLM_MODEL_DIR=${MAINRAG_VLLM_MODEL_DIR:-$HOME/.cache/mainrag/vllm/qwen2.5-0.5b}
+  "$MAINRAG_VLLM_VENV/bin/python" scripts/vllm_prepare_model.py "$GGUF" "$MAINRAG_VLLM_MODEL_DIR"
   export PORT=${MAINRAG_VLLM_PORT:-8011}
-  bash scripts/vllm_serve.sh "$HF_DIR"
-  trap 'bash scripts/vllm_stop.sh' EXIT
+  bash scripts/vllm_serve.sh start
+  trap 'bash scripts/vllm_serve.sh stop' EXIT
   export MAINRAG_TEST_VLLM_URL="http://127.0.0.1:${PORT}/v1"
 fi
 "$VENV/bin/python" -m pytest "$@"
