@@ -13,13 +13,8 @@ import asyncio
 import json
 import math
 import socket
-import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +22,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
+from fake_openai import DEFAULT_JUDGE, DEFAULT_TEXT, FakeServer, Reply, fake, fake2, top_logprobs_reply  # noqa: F401  (fixtures)
 
 from mainrag import scoring
 from mainrag.backends.base import Backend, Message, Prompt
@@ -131,138 +128,6 @@ def test_score_logits_shift_invariant_and_consistent_with_top(values: list[float
     top = scoring.score_top_logprobs(entries)
     assert not top.censored and top.log_odds == pytest.approx(a.log_odds, abs=1e-9)
 
-
-# ==========================================================================
-# A fake OpenAI-compatible server: real HTTP on 127.0.0.1, scripted replies
-# ==========================================================================
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: Any = None  # dict -> JSON; str -> text; None -> the default for the path
-    headers: dict[str, str] = field(default_factory=dict)
-    delay: float = 0.0
-
-
-@dataclass
-class Seen:
-    path: str
-    body: dict[str, Any]
-    headers: dict[str, str]
-
-
-def top_logprobs_reply(entries: list[tuple[str, float]], *, prompt_tokens: int = 17) -> dict[str, Any]:
-    tops = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in entries]
-    return {
-        "id": "fake",
-        "object": "chat.completion",
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": entries[0][0]},
-            "logprobs": {"content": [{**tops[0], "top_logprobs": tops}]},
-            "finish_reason": "length",
-        }],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": 1, "total_tokens": prompt_tokens + 1},
-    }
-
-
-DEFAULT_JUDGE = top_logprobs_reply([("Yes", math.log(0.6)), ("No", math.log(0.3)), (" yes", math.log(0.05))])
-DEFAULT_TEXT = {
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": " Paris.\n"}}],
-    "usage": {"prompt_tokens": 11, "completion_tokens": 3},
-}
-
-
-class FakeServer:
-    """Answers POSTs from a per-path script of :class:`Reply`, then defaults."""
-
-    def __init__(self) -> None:
-        self.script: dict[str, deque[Reply]] = {}
-        self.seen: list[Seen] = []
-        self.active = 0
-        self.max_active = 0
-        self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-
-    def push(self, path: str, *replies: Reply) -> None:
-        self.script.setdefault(path, deque()).extend(replies)
-
-    def count(self, path: str = "/v1/chat/completions") -> int:
-        return sum(1 for s in self.seen if s.path == path)
-
-    def start(self) -> FakeServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def _next(self, path: str, body: dict[str, Any]) -> Reply:
-        with self._lock:
-            queue = self.script.get(path)
-            if queue:
-                return queue.popleft()
-        if path == "/v1/chat/completions":
-            return Reply(body=DEFAULT_JUDGE if body.get("logprobs") else DEFAULT_TEXT)
-        return Reply(404, {"detail": "Not Found"})
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-                body = json.loads(raw or b"{}")
-                with fake._lock:
-                    fake.seen.append(Seen(self.path, body, dict(self.headers.items())))
-                    fake.active += 1
-                    fake.max_active = max(fake.max_active, fake.active)
-                try:
-                    reply = fake._next(self.path, body)
-                    time.sleep(reply.delay)
-                    payload = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
-                    data = payload.encode()
-                    self.send_response(reply.status)
-                    ctype = "text/plain" if isinstance(reply.body, str) else "application/json"
-                    self.send_header("content-type", ctype)
-                    self.send_header("content-length", str(len(data)))
-                    for k, v in reply.headers.items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout tests)
-                finally:
-                    with fake._lock:
-                        fake.active -= 1
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeServer]:
-    server = FakeServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fake2() -> Iterator[FakeServer]:
-    server = FakeServer().start()
-    yield server
-    server.stop()
 
 
 def dead_url() -> str:

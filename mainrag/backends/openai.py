@@ -30,6 +30,7 @@ import asyncio
 import logging
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,7 +76,7 @@ class _Endpoint:
     """One base URL and its in-flight bookkeeping."""
 
     url: str  # base URL without a trailing slash, e.g. http://h:8000/v1
-    semaphore: asyncio.Semaphore
+    index: int  # position in the backend's list (its semaphore in each loop)
     in_flight: int = 0
     down_until: float = 0.0
 
@@ -111,6 +112,16 @@ class _Transient(Exception):
 
 
 @dataclass
+class _LoopLocal:
+    """What asyncio and httpx bind to one event loop: a backend used from sync
+    code (its own loop) and async code (the caller's loop) gets one of each."""
+
+    client: httpx.AsyncClient
+    semaphores: list[asyncio.Semaphore]
+    ids_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
 class _RequestState:
     """Per-call state across retries: endpoints that refused a connection."""
 
@@ -127,8 +138,8 @@ class OpenAICompatibleBackend:
     a call makes at most ``retries + 1`` attempts, so it gives up after about
     ``(retries + 1) * timeout`` plus the backoff (``backoff`` doubling up to
     ``max_backoff``, or a ``Retry-After`` capped at ``max_retry_after``).
-    ``max_concurrency`` bounds the requests in flight per endpoint. Use one
-    object from one event loop. ``yes_no_token_ids``: True
+    ``max_concurrency`` bounds the requests in flight per endpoint (per event
+    loop: clients and semaphores are kept per loop). ``yes_no_token_ids``: True
     requires vLLM's exact label log-probs, False never asks for them, None
     (default) uses them when the server's ``/tokenize`` answers.
     """
@@ -156,7 +167,8 @@ class OpenAICompatibleBackend:
         if max_concurrency < 1 or retries < 0 or timeout <= 0 or connect_timeout <= 0:
             raise ValueError("max_concurrency >= 1, retries >= 0 and positive timeouts are required")
         self._model = model
-        self._endpoints = [_Endpoint(_normalise(u), asyncio.Semaphore(max_concurrency)) for u in urls]
+        self._endpoints = [_Endpoint(_normalise(u), i) for i, u in enumerate(urls)]
+        self._max_concurrency = max_concurrency
         self._timeout = timeout
         self._retries = retries
         self._ids_mode = yes_no_token_ids
@@ -168,12 +180,25 @@ class OpenAICompatibleBackend:
         self._usage = UsageStats()
         self._label_ids: dict[int, Label] | None = None
         self._ids_checked = yes_no_token_ids is False
-        self._ids_lock = asyncio.Lock()
-        self._client = httpx.AsyncClient(
-            headers=_headers(_resolve_api_key(api_key)),
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=(max_concurrency + 1) * len(urls)),
+        self._headers = _headers(_resolve_api_key(api_key))
+        self._connect_timeout = connect_timeout
+        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopLocal] = (
+            weakref.WeakKeyDictionary()
         )
+
+    def _local(self) -> _LoopLocal:
+        """This event loop's HTTP client and semaphores, made on first use."""
+        loop = asyncio.get_running_loop()
+        local = self._per_loop.get(loop)
+        if local is None:
+            client = httpx.AsyncClient(
+                headers=self._headers,
+                timeout=httpx.Timeout(self._timeout, connect=self._connect_timeout),
+                limits=httpx.Limits(max_connections=(self._max_concurrency + 1) * len(self._endpoints)),
+            )
+            semaphores = [asyncio.Semaphore(self._max_concurrency) for _ in self._endpoints]
+            local = self._per_loop[loop] = _LoopLocal(client, semaphores)
+        return local
 
     # -- public API -----------------------------------------------------------
 
@@ -230,7 +255,11 @@ class OpenAICompatibleBackend:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        """Close this loop's client; clients of loops already closed are dropped."""
+        local = self._per_loop.pop(asyncio.get_running_loop(), None)
+        if local is not None:
+            await local.client.aclose()
+        self._per_loop.clear()
 
     async def __aenter__(self) -> Self:
         return self
@@ -271,7 +300,7 @@ class OpenAICompatibleBackend:
     async def _yes_no_ids(self) -> dict[int, Label] | None:
         if self._ids_checked:
             return self._label_ids
-        async with self._ids_lock:
+        async with self._local().ids_lock:
             if not self._ids_checked:
                 self._label_ids = await self._fetch_label_ids()
                 self._ids_checked = True
@@ -330,8 +359,9 @@ class OpenAICompatibleBackend:
         url = (endpoint.root if root else endpoint.url) + path
         endpoint.in_flight += 1
         try:
-            async with endpoint.semaphore:
-                response = await self._client.post(url, json=body)
+            local = self._local()
+            async with local.semaphores[endpoint.index]:
+                response = await local.client.post(url, json=body)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             endpoint.down_until = time.monotonic() + self._down_for
             state.avoid.add(id(endpoint))

@@ -1,0 +1,240 @@
+"""The benchmark runner: shared work, outputs, and SIGKILL + --resume.
+
+The shared-work and report tests use a scripted backend (no model). The real
+runs use the fast plumbing model smollm2-135m with 3 candidates per question,
+in a subprocess, the way users run ``mainrag bench``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mainrag import models
+from mainrag.backends.base import Generation, Judgement, Prompt
+from mainrag.bench.cache import CallCache
+from mainrag.bench.datasets import BenchItem
+from mainrag.bench.report import write_report
+from mainrag.bench.runner import RunConfig, Runner, read_items
+from mainrag.bench.systems import MAIN_RAG_N, SYSTEMS, Agents, Workbench
+from mainrag.config import Settings
+from mainrag.documents import Document
+from mainrag.engine import MainRAG
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "popqa_longtail_100.jsonl"
+
+
+class ScriptedBackend:
+    """Deterministic answers; judges say Yes to documents that mention Paris."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    async def generate(self, prompt: Prompt, *, max_tokens: int) -> Generation:
+        user = prompt[-1].content
+        self.calls["generate"] += 1
+        if "Relevant (YES / NO)" in user:
+            return Generation(text="YES" if "Paris" in user else "NO", prompt_tokens=10, completion_tokens=1)
+        return Generation(text="Paris" if "Paris" in user else "unknown", prompt_tokens=len(user) // 4,
+                          completion_tokens=2)
+
+    async def judge(self, prompt: Prompt) -> Judgement:
+        self.calls["judge"] += 1
+        yes = "Paris" in prompt[-1].content.split("<document>")[1]
+        lo = 2.0 if yes else -2.0
+        return Judgement(log_odds=lo, logprob_yes=-0.1 if yes else -2.1, logprob_no=-2.1 if yes else -0.1,
+                         prompt_tokens=50)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def fake_embedder(texts: list[str]) -> np.ndarray:
+    rows = [np.frombuffer(hashlib.sha256(t.encode()).digest(), dtype=np.uint8)[:16].astype(float) for t in texts]
+    v = np.array(rows) + np.array([[50.0 if "Paris" in t or "capital" in t else 0.0] * 16 for t in texts])
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def item(k: int = 4) -> BenchItem:
+    docs = [Document(id=f"d{i}", text="Paris is the capital of France." if i % 2 == 0 else f"Berlin fact {i}.")
+            for i in range(k)]
+    return BenchItem(key="q1", question="What is the capital of France?", golds=["Paris"], answer_groups=[["Paris"]],
+                     documents=docs)
+
+
+def test_systems_share_one_set_of_judgements(tmp_path: Path) -> None:
+    backend = ScriptedBackend()
+    agents = Agents(MainRAG(Settings(), backend=backend), embedder=fake_embedder, embedding_threshold=0.5)
+    bench = Workbench(item(), agents, CallCache(tmp_path / "calls.jsonl"))
+
+    async def all_systems() -> dict:
+        return {s: await bench.run(s) for s in SYSTEMS}
+
+    out = asyncio.run(all_systems())
+    # 4 docs: predictor x4, llm-filter x4; judges: paper, prefix, judge-only x4 each.
+    assert backend.calls["judge"] == 12
+    finals = {tuple(o.kept) for o in out.values()}  # one final per distinct kept list
+    assert backend.calls["generate"] == 8 + len(finals)
+    for name in MAIN_RAG_N:
+        assert out[name].kept[:2] == [0, 2]  # the Paris documents, best first
+        assert len(out[name].calls) == 4 + 4 + 1  # cost as if run alone
+    assert out["rag"].kept == [0, 1, 2, 3] and out["closed-book"].kept == []
+    assert out["llm-filter"].kept == [0, 2]
+
+    # A second pass over the same cache (a resumed run) makes no call at all.
+    again = Workbench(item(), Agents(MainRAG(Settings(), backend=(fresh := ScriptedBackend())),
+                                     embedder=fake_embedder), CallCache(tmp_path / "calls.jsonl"))
+    asyncio.run(again.run("consensus"))
+    assert sum(fresh.calls.values()) == 0
+
+
+def test_runner_and_report_with_scripted_backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "d.jsonl"
+    rows = [{"question": f"Capital {i}?", "answers": ["Paris"], "ctxs": [d.model_dump() for d in item().documents]}
+            for i in range(3)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    backend = ScriptedBackend()
+    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=backend))
+    monkeypatch.setattr("mainrag.bench.runner.minilm_embedder", lambda: fake_embedder)
+    config = RunConfig(dataset="triviaqa", data="", systems=list(SYSTEMS), k=4, model="scripted")
+    runner = Runner(config, Settings(), tmp_path / "out", resume=False, limit=2, data=data, progress=False)
+    assert asyncio.run(runner.run()) == 2
+    # Extending the limit on resume runs only the new item.
+    runner = Runner(config.model_copy(), Settings(), tmp_path / "out", resume=True, limit=3, data=data, progress=False)
+    assert asyncio.run(runner.run()) == 1
+    summary = write_report(tmp_path / "out")
+    assert summary.items == 3 and set(summary.systems) == set(SYSTEMS)
+    assert summary.systems["main-rag"].accuracy == 1.0 and summary.systems["main-rag"].precision == 1.0
+    with pytest.raises(Exception, match="already holds a run"):
+        Runner(config.model_copy(), Settings(), tmp_path / "out", resume=False, data=data)
+
+
+def test_candidates_from_a_chroma_collection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("chromadb")
+    from mainrag.chroma import ChromaStore
+
+    store = ChromaStore(path=tmp_path / "chroma")
+    passages = [Document(id=f"p{i}", text=t) for i, t in enumerate(
+        ["Paris is the capital of France.", "Berlin is the capital of Germany.", "Bananas are yellow.",
+         "The Seine flows through Paris."])]
+    store.upsert("wiki", passages)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "What is the capital of France?", "answers": ["Paris"]}) + "\n")
+    monkeypatch.setenv("MAINRAG_CHROMA_PATH", str(tmp_path / "chroma"))
+    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=ScriptedBackend()))
+    config = RunConfig(dataset="triviaqa", data="", systems=["rag", "main-rag"], k=2, model="scripted",
+                       retriever="chroma:wiki")
+    runner = Runner(config, Settings(), tmp_path / "out", resume=False, data=data, progress=False)
+    assert asyncio.run(runner.run()) == 1
+    (row,) = read_items(tmp_path / "out")
+    ids = [c["id"] for c in row["candidates"]]
+    assert len(ids) == 2 and ids[0] == "p0"  # top k of the collection, nearest first
+    assert row["systems"]["main-rag"]["kept"][0] == "p0"
+
+
+# -- real runs with the plumbing model ----------------------------------------
+
+
+def _needs_model() -> None:
+    pytest.importorskip("llama_cpp")
+    if models.installed().get("smollm2-135m") is None:
+        pytest.skip("smollm2-135m not installed: mainrag models install smollm2-135m")
+    if not DATA.is_file():
+        pytest.skip("shared data not present")
+
+
+def _systems() -> str:
+    """All systems; embedding-filter only where its encoder's packages are installed."""
+    try:
+        import mainrag.embeddings  # noqa: F401
+    except ImportError:
+        return ",".join(s for s in SYSTEMS if s != "embedding-filter")
+    return ",".join(SYSTEMS)
+
+
+def bench_cmd(out: Path, *extra: str) -> list[str]:
+    # One llama.cpp thread: on cores shared with other jobs, two spinning threads slow each other down.
+    return [sys.executable, "-m", "mainrag", "bench", "popqa", "--data", str(DATA), "--limit", "3", "--k", "3",
+            "--model", "smollm2-135m", "--threads", "1", "--systems", _systems(), "--out", str(out),
+            "--no-progress", *extra]
+
+
+def _lines(path: Path) -> list[dict]:
+    """Complete JSON lines (read-only: a writer may be mid-line)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows
+
+
+@pytest.mark.timeout(1800)
+def test_small_real_run_writes_valid_outputs(tmp_path: Path) -> None:
+    _needs_model()
+    out = tmp_path / "run"
+    proc = subprocess.run(bench_cmd(out), capture_output=True, text=True, timeout=1700)
+    assert proc.returncode == 0, proc.stderr
+    systems = _systems().split(",")
+    rows = _lines(out / "items.jsonl")
+    assert len(rows) == 3 and len({r["key"] for r in rows}) == 3
+    for row in rows:
+        ids = [c["id"] for c in row["candidates"]]
+        assert len(ids) == 3 and row["gold"] and set(row["systems"]) == set(systems)
+        for name, res in row["systems"].items():
+            assert isinstance(res["answer"], str) and isinstance(res["correct"], bool)
+            assert set(res["kept"]) <= set(ids) and res["n_kept"] == len(res["kept"])
+            assert res["calls"] >= 1 and res["latency"] > 0
+        assert len(row["signals"]["judge"]) == 3 and all(isinstance(s, float) for s in row["signals"]["judge"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["items"] == 3 and set(summary["systems"]) == set(systems)
+    assert summary["info"]["model_sha256"] == models.PRESETS["smollm2-135m"].sha256
+    assert len(summary["info"]["prompts_sha256"]) == 64 and "llama-cpp-python" in summary["info"]["versions"]
+    report = (out / "report.md").read_text()
+    assert "| system | acc |" in report and all(f"| {s} |" in report for s in systems)
+    for png in ("accuracy_vs_kept.png", "score_distributions.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(2400)
+def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    _needs_model()
+    out = tmp_path / "run"
+    log = tmp_path / "stderr.log"
+    with log.open("wb") as err:  # a file, not a pipe: nobody reads it while the run goes on
+        proc = subprocess.Popen(bench_cmd(out), stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.monotonic() + 1500
+    try:  # kill once the first item is written, mid-way through the second
+        while len(_lines(out / "items.jsonl")) < 1:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no item finished in time"
+            time.sleep(0.5)
+        time.sleep(2.0)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = _lines(out / "items.jsonl")
+    assert 1 <= len(before) <= 3
+    resumed = subprocess.run(bench_cmd(out, "--resume"), capture_output=True, text=True, timeout=1500)
+    assert resumed.returncode == 0, resumed.stderr
+    after = read_items(out)
+    keys = [r["key"] for r in _lines(out / "items.jsonl")]
+    assert len(keys) == 3 and len(set(keys)) == 3  # every item exactly once
+    assert after[: len(before)] == before  # nothing finished was lost or rewritten
+    call_keys = [c["key"] for c in _lines(out / "calls.jsonl")]
+    assert len(call_keys) == len(set(call_keys))  # no finished call was paid for twice
+    assert json.loads((out / "summary.json").read_text())["items"] == 3
