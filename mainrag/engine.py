@@ -16,7 +16,7 @@ from mainrag.backends import Backend, make_backend
 from mainrag.backends.base import Generation, Judgement
 from mainrag.config import BackendSettings, JudgeSettings, Settings
 from mainrag.documents import Document, as_documents
-from mainrag.errors import InputError, JudgeError, MainRAGError
+from mainrag.errors import BackendError, InputError, JudgeError, MainRAGError
 from mainrag.prompts import judge_template_name, load_template
 from mainrag.results import AnswerResult, FilterResult, JudgeScore, ScoredDocument, Usage
 from mainrag.retrieval import Retriever
@@ -162,7 +162,7 @@ class MainRAG:
     ) -> list[Judgement | BaseException]:
         async def one(doc: Document, answer: str | BaseException | None) -> Judgement:
             if isinstance(answer, BaseException):  # no answer to judge: the document is unscored
-                raise MainRAGError(f"predictor failed: {_error(answer)}")
+                raise MainRAGError(f"predictor failed: {_error(answer)}") from answer
             verdict = await judge.score(query, doc, answer)
             usage.add(verdict.prompt_tokens, 1)
             return verdict
@@ -178,6 +178,9 @@ class MainRAG:
         ).T  # documents x judges
         if np.isnan(matrix).all():
             first = next(v for per_judge in verdicts for v in per_judge if isinstance(v, BaseException))
+            root = first.__cause__ or first
+            if isinstance(root, BackendError):  # e.g. the server is down: say so, not "judges failed"
+                raise BackendError(str(root)) from None
             raise JudgeError(f"every judge failed on every document; first error: {_error(first)}")
         s = self.settings
         decision = decide(matrix, n=s.n, mode=s.consensus, quorum=s.quorum, min_keep=s.min_keep, max_keep=s.max_keep)
