@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fake_openai import FakeServer, Reply, top_logprobs_reply
 
-from mainrag import JudgeError, JudgeSettings, MainRAG
+from mainrag import BackendError, JudgeSettings, MainRAG
 from mainrag.prompts import load_template
 
 DOCS = [
@@ -68,10 +68,10 @@ async def test_a_failing_judge_is_left_out_of_that_documents_consensus(servers: 
     assert by_id["oslo"].kept is False
 
 
-async def test_every_judge_failing_is_an_error(servers: Any) -> None:
+async def test_every_judge_failing_is_an_error_naming_the_cause(servers: Any) -> None:
     _, flaky = servers
     async with MainRAG(backend=backend(flaky.url)) as rag:
-        with pytest.raises(JudgeError, match="judge crashed"):
+        with pytest.raises(BackendError, match="judge crashed"):
             await rag.filter("q", [{"id": "x", "text": "FAIL"}, {"id": "y", "text": "FAIL too"}])
 
 
