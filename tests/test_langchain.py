@@ -98,20 +98,32 @@ class RetrieverRuns(BaseCallbackHandler):
         self.runs.append((kw.get("name") or (serialized or {}).get("name", ""), run_id, parent_run_id))
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_callbacks_reach_the_base_retriever_as_a_child_run(rag: MainRAG, vectorstore: Chroma, mode: str) -> None:
-    retriever = MainRAGRetriever(rag=rag, base_retriever=vectorstore.as_retriever(search_kwargs={"k": K}))
-    handler = RetrieverRuns()
-    config = {"callbacks": [handler]}
-    if mode == "sync":
-        import asyncio
-
-        await asyncio.to_thread(retriever.invoke, QUESTION, config)  # filter_sync needs a thread without a loop
-    else:
-        await retriever.ainvoke(QUESTION, config)
+def check_child_run(handler: RetrieverRuns) -> None:
     (outer, outer_id, outer_parent), (inner, _, inner_parent) = handler.runs
     assert outer == "MainRAGRetriever" and outer_parent is None
     assert inner_parent == outer_id and inner != outer
+
+
+def test_callbacks_reach_the_base_retriever_as_a_child_run(rag: MainRAG, vectorstore: Chroma) -> None:
+    judge_only = MainRAG(rag.settings.model_copy(update={"judge_only": True}))  # half the calls
+    retriever = MainRAGRetriever(rag=judge_only, base_retriever=vectorstore.as_retriever(search_kwargs={"k": K}))
+    handler = RetrieverRuns()
+    try:
+        retriever.invoke(QUESTION, {"callbacks": [handler]})
+    finally:
+        judge_only.close()
+    check_child_run(handler)
+
+
+async def test_callbacks_reach_the_base_retriever_as_a_child_run_async(rag: MainRAG, vectorstore: Chroma) -> None:
+    judge_only = MainRAG(rag.settings.model_copy(update={"judge_only": True}))
+    retriever = MainRAGRetriever(rag=judge_only, base_retriever=vectorstore.as_retriever(search_kwargs={"k": K}))
+    handler = RetrieverRuns()
+    try:
+        await retriever.ainvoke(QUESTION, {"callbacks": [handler]})
+    finally:
+        await judge_only.aclose()
+    check_child_run(handler)
 
 
 def test_retriever_over_a_mainrag_collection_sync(rag: MainRAG, collection: ChromaRetriever) -> None:
