@@ -1,0 +1,1 @@
+"""``mainrag bench``: the QA benchmark runner (datasets, metrics, systems, runner, report)."""
