@@ -10,13 +10,24 @@ import typer
 from rich.table import Table
 
 from mainrag.cli.app import app, friendly, out
+from mainrag.cli.options import (
+    BackendOpt,
+    BaseUrlOpt,
+    ConfigOpt,
+    ConsensusOpt,
+    JsonOpt,
+    JudgeOnlyOpt,
+    JudgesOpt,
+    MaxKeepOpt,
+    MinKeepOpt,
+    ModelOpt,
+    NOpt,
+)
 from mainrag.config import Settings
 from mainrag.documents import load_documents
 from mainrag.engine import MainRAG
 from mainrag.errors import ConfigError, InputError
 from mainrag.results import FilterResult, ScoredDocument
-
-BackendKind = Literal["local", "openai"]
 
 
 def build_settings(
@@ -82,19 +93,19 @@ def run(
     ctx: typer.Context,
     file: Annotated[Path, typer.Argument(help="JSONL: {id,title,text} passages, or Self-RAG records with ctxs.")],
     query: Annotated[str | None, typer.Option("--query", "-q", help="The question (default: the record's).")] = None,
-    backend: Annotated[BackendKind | None, typer.Option(help="local (llama.cpp) or openai (vLLM...).")] = None,
-    base_url: Annotated[list[str] | None, typer.Option("--base-url", help="OpenAI-compatible URL; repeat to balance.")] = None,
-    model: Annotated[str | None, typer.Option(help="Preset name or .gguf path (local); served model (openai).")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
-    judges: Annotated[Path | None, typer.Option(help="TOML file of judges tables (consensus).")] = None,
-    n: Annotated[float | None, typer.Option(help="Bar: tau = mean - n*std (paper: 0).")] = None,
-    min_keep: Annotated[int | None, typer.Option(help="Keep at least this many.")] = None,
-    max_keep: Annotated[int | None, typer.Option(help="Keep at most this many.")] = None,
-    consensus: Annotated[Literal["mean", "vote", "unanimous"] | None, typer.Option(help="How judges agree.")] = None,
-    judge_only: Annotated[bool | None, typer.Option("--judge-only/--with-predictor", help="Skip the Predictor.")] = None,
+    backend: BackendOpt = None,
+    base_url: BaseUrlOpt = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    judges: JudgesOpt = None,
+    n: NOpt = None,
+    min_keep: MinKeepOpt = None,
+    max_keep: MaxKeepOpt = None,
+    consensus: ConsensusOpt = None,
+    judge_only: JudgeOnlyOpt = None,
     layout: Annotated[Literal["paper", "prefix"] | None, typer.Option(help="Judge prompt layout.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N candidates.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Filter (or answer from) the candidates in FILE for one query."""
     settings = build_settings(

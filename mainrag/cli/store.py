@@ -9,13 +9,26 @@ only: an option would leave it in the shell history and the process list.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from mainrag.cli.app import app, friendly, out
-from mainrag.cli.filtering import BackendKind, build_settings, render_filter
+from mainrag.cli.filtering import build_settings, render_filter
+from mainrag.cli.options import (
+    BackendOpt,
+    BaseUrlOpt,
+    ConfigOpt,
+    ConsensusOpt,
+    JsonOpt,
+    JudgeOnlyOpt,
+    JudgesOpt,
+    MaxKeepOpt,
+    MinKeepOpt,
+    ModelOpt,
+    NOpt,
+)
 from mainrag.errors import InputError
 
 if TYPE_CHECKING:
@@ -127,18 +140,18 @@ def ask_cmd(
     host: HostOpt = None,
     port: PortOpt = None,
     ssl: SslOpt = None,
-    backend: Annotated[BackendKind | None, typer.Option(help="local (llama.cpp) or openai (vLLM...).")] = None,
-    base_url: Annotated[list[str] | None, typer.Option("--base-url", help="OpenAI-compatible URL; repeat to balance.")] = None,
-    model: Annotated[str | None, typer.Option(help="Preset name or .gguf path (local); served model (openai).")] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML settings file.")] = None,
-    judges: Annotated[Path | None, typer.Option(help="TOML file of judges tables (consensus).")] = None,
-    n: Annotated[float | None, typer.Option(help="Bar: tau = mean - n*std (paper: 0).")] = None,
-    min_keep: Annotated[int | None, typer.Option(help="Keep at least this many.")] = None,
-    max_keep: Annotated[int | None, typer.Option(help="Keep at most this many.")] = None,
-    consensus: Annotated[Literal["mean", "vote", "unanimous"] | None, typer.Option(help="How judges agree.")] = None,
-    judge_only: Annotated[bool | None, typer.Option("--judge-only/--with-predictor", help="Skip the Predictor.")] = None,
+    backend: BackendOpt = None,
+    base_url: BaseUrlOpt = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    judges: JudgesOpt = None,
+    n: NOpt = None,
+    min_keep: MinKeepOpt = None,
+    max_keep: MaxKeepOpt = None,
+    consensus: ConsensusOpt = None,
+    judge_only: JudgeOnlyOpt = None,
     details: Annotated[bool, typer.Option("--details", help="Also show every candidate's scores.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Retrieve candidates from a collection, filter them with the judges, and answer citing the kept ones."""
     from mainrag.engine import MainRAG
