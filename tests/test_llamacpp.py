@@ -58,6 +58,12 @@ PROMPT_B = judge_prompt("Eiffel Tower", DOC, "What is the capital of Peru?", "Li
 PROMPT_C = chat("Name one colour of the rainbow.")
 
 
+def small_backend(*, prefix_reuse: bool = True) -> LlamaCppBackend:
+    # One thread: the 135M model gains little from two, and the plumbing tests
+    # then stay quick however busy the shared cores are.
+    return LlamaCppBackend("smollm2-135m", n_ctx=1024, n_threads=1, prefix_reuse=prefix_reuse)
+
+
 # --------------------------------------------------------------------------
 # Plumbing with SmolLM2-135M
 # --------------------------------------------------------------------------
@@ -69,7 +75,7 @@ async def small() -> AsyncIterator[LlamaCppBackend]:
     # command): CI installs all presets, so a skip would hide a broken install.
     if NO_LLAMA_CPP:
         pytest.skip(NO_LLAMA_CPP_REASON)
-    backend = LlamaCppBackend("smollm2-135m", n_ctx=1024)
+    backend = small_backend()
     yield backend
     await backend.aclose()
 
@@ -94,7 +100,7 @@ async def test_judge_deterministic_and_prefix_reuse_exact(small: LlamaCppBackend
     await small.judge(PROMPT_B)  # shares the system prompt and document with A
     await small.generate(PROMPT_C, max_tokens=8)
     reused = await small.judge(PROMPT_A)  # prefix shared with B's KV cache
-    fresh_backend = LlamaCppBackend("smollm2-135m", n_ctx=1024, prefix_reuse=False)
+    fresh_backend = small_backend(prefix_reuse=False)
     try:
         fresh = await fresh_backend.judge(PROMPT_A)
     finally:
@@ -127,17 +133,20 @@ async def test_concurrent_matches_sequential(small: LlamaCppBackend) -> None:
     gens = [chat(f"Say the word number {i}.") for i in range(4)]
     seq_j = [await small.judge(p) for p in prompts]
     seq_g = [await small.generate(p, max_tokens=8) for p in gens]
-    results = await asyncio.gather(
-        *(small.judge(p) for p in prompts), *(small.generate(p, max_tokens=8) for p in gens)
-    )
-    for got, want in zip(results[:4], seq_j, strict=True):
-        assert got.log_odds == pytest.approx(want.log_odds, abs=1e-4)
-    for got, want in zip(results[4:], seq_g, strict=True):
-        assert got.text == want.text
+    # Interleaved, so every judgement follows a generation and vice versa.
+    judge_tasks, gen_tasks = [], []
+    for jp, gp in zip(prompts, gens, strict=True):
+        judge_tasks.append(asyncio.create_task(small.judge(jp)))
+        gen_tasks.append(asyncio.create_task(small.generate(gp, max_tokens=8)))
+    await asyncio.gather(*judge_tasks, *gen_tasks)
+    for task, want in zip(judge_tasks, seq_j, strict=True):
+        assert task.result().log_odds == pytest.approx(want.log_odds, abs=1e-4)
+    for gtask, gwant in zip(gen_tasks, seq_g, strict=True):
+        assert gtask.result().text == gwant.text
 
 
 async def test_two_backends_share_one_model(small: LlamaCppBackend) -> None:
-    other = LlamaCppBackend("smollm2-135m", n_ctx=1024)
+    other = small_backend()
     try:
         assert other._loaded is small._loaded
         assert (await other.judge(PROMPT_A)).log_odds == pytest.approx(

@@ -14,6 +14,9 @@ Design notes (why, not what):
   because llama.cpp's CPU kernels round differently for different batch
   splits: the chunks make a score a function of the prompt alone, identical
   with or without reuse and whatever ran before.
+* ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (see ``_import_llama_cpp``):
+  spinning OpenMP barriers made judgements several times slower whenever
+  another process shared the cores.
 * With ``logits_all=False`` llama-cpp-python 0.3.36 never copies logits into
   ``Llama.scores`` (it stays zeros), so we read the last position directly with
   ``llama_get_logits_ith(ctx, -1)`` right after ``eval``.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from mainrag import models
 from mainrag.backends.base import Generation, Judgement, Message, Prompt
@@ -63,6 +68,13 @@ def _install_hint() -> str:
 
 
 def _import_llama_cpp() -> Any:
+    if "llama_cpp" not in sys.modules:
+        # llama.cpp's OpenMP runtime (libgomp) reads this once, when loaded.
+        # Its default active wait makes ggml's per-op thread barriers spin, and
+        # when any other process shares the cores a judgement gets several times
+        # slower (0.5B, 2 threads, load 5: 5-8 s against 1.5 s passive). A
+        # user's own setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import llama_cpp
     except ImportError as exc:  # the optional extra is missing
@@ -332,22 +344,24 @@ def _eval_reusing_prefix(loaded: _LoadedModel, tokens: list[int], *, reuse: bool
     loaded.canonical = starts[-1]
 
 
-def _last_logits(llm: Llama) -> np.ndarray:
+def _last_logits(llm: Llama) -> NDArray[np.float64]:
     import llama_cpp
 
     ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
     if not ptr:
         raise BackendError("llama.cpp returned no logits for the last position")
     # Copy: the buffer is overwritten by the next decode.
-    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).astype(np.float64)
+    logits: NDArray[np.float64] = np.array(np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)), dtype=np.float64)
+    return logits
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def _log_softmax(logits: NDArray[np.float64]) -> NDArray[np.float64]:
     shifted = logits - logits.max()
-    return shifted - np.log(np.exp(shifted).sum())
+    out: NDArray[np.float64] = shifted - np.log(np.exp(shifted).sum())
+    return out
 
 
-def _logsumexp(values: np.ndarray) -> float:
+def _logsumexp(values: NDArray[np.float64]) -> float:
     top = float(values.max())
     return top + float(np.log(np.exp(values - top).sum()))
 
@@ -409,10 +423,13 @@ class LlamaCppBackend:
 
     ``model`` is a preset name (see :mod:`mainrag.models`) or a ``.gguf``
     path. The model loads in the constructor (0.3-3 s for the presets), so a
-    missing file or a model without a chat template fails right away. Objects
-    with the same file, ``n_ctx`` and ``n_threads`` share one loaded model;
-    ``seed`` and ``verbose`` of the first one win. ``prefix_reuse=False``
-    re-evaluates every prompt from scratch (for measurements and checks).
+    missing file or a model without a chat template fails right away.
+    ``n_threads`` defaults to every core this process may use. Objects with
+    the same file, ``n_ctx`` and ``n_threads`` share one loaded model (``seed``
+    and ``verbose`` of the first one win); the last ``aclose()`` frees it, and
+    a model never closed stays loaded until the process ends.
+    ``prefix_reuse=False`` re-evaluates every prompt from scratch (for
+    measurements and checks; the scores are identical).
     """
 
     def __init__(
