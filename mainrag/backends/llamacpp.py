@@ -40,14 +40,13 @@ from numpy.typing import NDArray
 from mainrag import models
 from mainrag.backends.base import Generation, Judgement, Message, Prompt
 from mainrag.errors import BackendError, ConfigError
+from mainrag.scoring import NO_VARIANTS, YES_VARIANTS, score_logits
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
 __all__ = ["NO_VARIANTS", "YES_VARIANTS", "LlamaCppBackend"]
 
-YES_VARIANTS: tuple[str, ...] = ("Yes", " Yes", "yes", " yes", "YES", " YES")
-NO_VARIANTS: tuple[str, ...] = ("No", " No", "no", " no", "NO", " NO")
 
 # Smallest evaluation chunk: smaller chunks would reuse more of a shared
 # prefix but make llama.cpp's batches less efficient.
@@ -355,23 +354,11 @@ def _last_logits(llm: Llama) -> NDArray[np.float64]:
     return logits
 
 
-def _log_softmax(logits: NDArray[np.float64]) -> NDArray[np.float64]:
-    shifted = logits - logits.max()
-    out: NDArray[np.float64] = shifted - np.log(np.exp(shifted).sum())
-    return out
-
-
-def _logsumexp(values: NDArray[np.float64]) -> float:
-    top = float(values.max())
-    return top + float(np.log(np.exp(values - top).sum()))
-
-
 def _judge_sync(loaded: _LoadedModel, prompt: Prompt, reuse: bool) -> Judgement:
     tokens = _fit_prompt(loaded, prompt, budget=loaded.n_ctx)
     _eval_reusing_prefix(loaded, tokens, reuse=reuse)
-    logprobs = _log_softmax(_last_logits(loaded.llm))
-    lp_yes = _logsumexp(logprobs[list(loaded.yes_ids)])
-    lp_no = _logsumexp(logprobs[list(loaded.no_ids)])
+    score = score_logits(_last_logits(loaded.llm), loaded.yes_ids, loaded.no_ids)
+    lp_yes, lp_no = score.logprob_yes, score.logprob_no
     if not (np.isfinite(lp_yes) and np.isfinite(lp_no)):
         raise BackendError(f"llama.cpp returned non-finite logits (log P(Yes)={lp_yes}, log P(No)={lp_no})")
     return Judgement(
