@@ -35,9 +35,9 @@ def has_answer(doc: Document, answers: list[str]) -> bool:
     return any(a.lower() in text for a in answers)
 
 
-async def run(model: str, questions: int, k: int) -> dict[str, object]:
+async def run(model: str, questions: int, k: int, threads: int | None) -> dict[str, object]:
     records = [json.loads(line) for line in DATA.open()][:questions]
-    rag = MainRAG(backend={"kind": "local", "model": model})
+    rag = MainRAG(backend={"kind": "local", "model": model, "n_threads": threads})
     judges = {
         layout: Judge(layout, rag.backend, load_template(judge_template_name(layout, with_answer=True)),
                       max_doc_chars=rag.settings.max_doc_chars)
@@ -62,7 +62,8 @@ async def run(model: str, questions: int, k: int) -> dict[str, object]:
         print(f"{rec['question'][:60]!r}: paper {aucs['paper'][-1:]} prefix {aucs['prefix'][-1:]}", flush=True)
     await rag.aclose()
     return {
-        "model": model, "questions": questions, "passages": k, "machine": platform.machine(),
+        "model": model, "questions": questions, "passages": k, "threads": threads,
+        "machine": platform.machine(),
         "auc": {name: round(float(np.mean(v)), 3) for name, v in aucs.items()},
         "questions_with_both_labels": len(aucs["retriever"]),
         "seconds_per_judgement": {name: round(s / n_judged, 3) for name, s in seconds.items()},
@@ -74,8 +75,9 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-0.5b")
     parser.add_argument("--questions", type=int, default=10)
     parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.model, args.questions, args.k)), indent=2))
+    print(json.dumps(asyncio.run(run(args.model, args.questions, args.k, args.threads)), indent=2))
 
 
 if __name__ == "__main__":

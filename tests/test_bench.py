@@ -132,6 +132,32 @@ def test_runner_and_report_with_scripted_backend(tmp_path: Path, monkeypatch: py
         asyncio.run(runner.run())
 
 
+def test_a_second_run_into_the_same_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "Capital?", "answers": ["Paris"],
+                                "ctxs": [d.model_dump() for d in item().documents]}) + "\n")
+    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=ScriptedBackend()))
+    config = RunConfig(dataset="triviaqa", data="", systems=["rag"], k=4, model="scripted")
+    out = tmp_path / "out"
+    out.mkdir()
+    # Another process holds the directory's lock, as a running `mainrag bench` does.
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, filelock; l = filelock.FileLock(sys.argv[1]); "
+                               "l.acquire(); print('held', flush=True); sys.stdin.read()", str(out / ".lock")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        runner = Runner(config, Settings(), out, resume=False, data=data, progress=False)
+        with pytest.raises(InputError, match="another mainrag bench is writing"):
+            asyncio.run(runner.run())
+        assert not (out / "items.jsonl").exists() or not (out / "items.jsonl").read_text()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    # A dead holder leaves the lock file behind but not the lock: the run proceeds.
+    runner = Runner(config.model_copy(), Settings(), out, resume=True, data=data, progress=False)
+    assert asyncio.run(runner.run()) == 1
+
+
 def test_candidates_from_a_chroma_collection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("chromadb")
     from mainrag.chroma import ChromaStore

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, Field
 
 from mainrag.bench import metrics as m
@@ -42,7 +43,7 @@ from mainrag.engine import MainRAG
 from mainrag.errors import ConfigError, InputError
 from mainrag.retrieval import Retriever
 
-ITEMS_FILE, CALLS_FILE, RUN_FILE = "items.jsonl", "calls.jsonl", "run.json"
+ITEMS_FILE, CALLS_FILE, RUN_FILE, LOCK_FILE = "items.jsonl", "calls.jsonl", "run.json", ".lock"
 
 
 class RunConfig(BaseModel):
@@ -211,6 +212,20 @@ class Runner:
 
     async def run(self) -> int:
         """Run the unfinished items; return how many were finished now."""
+        # Two runs appending to one directory would repeat items; the OS drops
+        # the lock when its process dies, so a killed run never blocks --resume.
+        lock = FileLock(self.out / LOCK_FILE, blocking=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise InputError(f"another mainrag bench is writing to {self.out}; wait for it to finish "
+                             "(or stop it) before resuming, or choose another --out") from None
+        try:
+            return await self._run_unlocked()
+        finally:
+            lock.release()
+
+    async def _run_unlocked(self) -> int:
         items = load_items(self.spec, self.path, k=self.config.k, limit=self.limit)
         if self.config.retriever:
             await retrieve_all(items, make_retriever(self.config.retriever), self.config.k)
