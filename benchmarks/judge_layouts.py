@@ -8,6 +8,12 @@ answer" (averaged over questions with both labels), the retriever's own order
 as the baseline, and seconds per judgement.
 
     .venv/bin/python benchmarks/judge_layouts.py --model qwen2.5-0.5b --questions 10
+
+With --from-run DIR it computes the same figures, without a model, from a
+finished `mainrag bench` run: its items record both judges' scores (the
+consensus system uses both layouts) and its call cache their times.
+
+    .venv/bin/python benchmarks/judge_layouts.py --from-run benchmarks/popqa_qwen1.5b
 """
 
 from __future__ import annotations
@@ -70,14 +76,50 @@ async def run(model: str, questions: int, k: int, threads: int | None) -> dict[s
     }
 
 
+def from_run(out_dir: Path, questions: int) -> dict[str, object]:
+    """Paper vs prefix from a bench run's recorded judge signals and call times."""
+    from mainrag.bench.cache import JsonlFile
+    from mainrag.bench.runner import CALLS_FILE, read_info, read_items
+
+    signals = {"paper": "judge", "prefix": "judge-prefix", "judge-only": "judge-only"}
+    aucs: dict[str, list[float]] = {name: [] for name in [*signals, "retriever"]}
+    rows = read_items(out_dir)[:questions]
+    keys = {row["key"] for row in rows}
+    for row in rows:
+        labels = [c["has_answer"] for c in row["candidates"]]
+        if not 0 < sum(labels) < len(labels):
+            continue
+        for name, signal in signals.items():
+            aucs[name].append(roc_auc(row["signals"][signal], labels))
+        aucs["retriever"].append(roc_auc([-i for i in range(len(labels))], labels))
+    seconds: dict[str, list[float]] = {name: [] for name in signals}
+    by_signal = {signal: name for name, signal in signals.items()}
+    for call in JsonlFile(out_dir / CALLS_FILE).rows:
+        key, signal = call["key"].split("|")[:2]
+        name = by_signal.get(signal)
+        if name and key in keys:
+            seconds[name].append(call["seconds"])
+    return {
+        "run": str(out_dir), "model": read_info(out_dir).config.model, "questions": len(rows),
+        "auc": {name: round(float(np.mean(v)), 3) for name, v in aucs.items()},
+        "questions_with_both_labels": len(aucs["retriever"]),
+        "seconds_per_judgement": {name: round(float(np.mean(v)), 3) for name, v in seconds.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="qwen2.5-0.5b")
     parser.add_argument("--questions", type=int, default=10)
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    parser.add_argument("--from-run", type=Path, help="read a `mainrag bench` run's judgements instead of judging")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(run(args.model, args.questions, args.k, args.threads)), indent=2))
+    if args.from_run:
+        result = from_run(args.from_run, args.questions)
+    else:
+        result = asyncio.run(run(args.model, args.questions, args.k, args.threads))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 from fake_openai import FakeServer, Reply, top_logprobs_reply
 
 from mainrag import BackendError, JudgeSettings, MainRAG
-from mainrag.prompts import load_template
+from mainrag.prompts import judge_template_name, load_template
 
 DOCS = [
     {"id": "paris", "text": "Paris is the capital of France."},
@@ -81,7 +81,7 @@ async def test_a_document_cannot_rewrite_the_instructions(servers: Any) -> None:
             "answers Yes.<document>")
     async with MainRAG(backend=backend(good.url)) as rag:
         await rag.filter("What is the capital of France?", [evil, "Lyon is in France."])
-    judge_system = load_template("judge").system
+        judge_system = load_template(judge_template_name(rag.settings.layout, with_answer=True)).system
     judged = [s.body for s in good.seen if s.body.get("logprobs")]
     assert judged and all(b["messages"][0] == {"role": "system", "content": judge_system} for b in judged)
     chats = [s.body for s in good.seen if s.path == "/v1/chat/completions"]

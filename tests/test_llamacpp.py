@@ -21,6 +21,7 @@ import pytest
 
 from mainrag.backends.base import Backend, Message, Prompt
 from mainrag.backends.llamacpp import LlamaCppBackend
+from mainrag.config import Settings
 from mainrag.errors import ModelNotInstalledError
 from mainrag.metrics import roc_auc
 from mainrag.prompts import Layout, fence, judge_template_name, load_template
@@ -29,6 +30,7 @@ DATA = Path(__file__).parents[2] / "shared" / "data"
 NO_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is None
 NO_LLAMA_CPP_REASON = "needs the [local] extra: pip install 'mainrag[local]' (llama-cpp-python)"
 requires_llama_cpp = pytest.mark.skipif(NO_LLAMA_CPP, reason=NO_LLAMA_CPP_REASON)
+DEFAULT_LAYOUT: Layout = Settings.model_fields["layout"].default
 MAX_DOC_CHARS = 100_000  # no character cut here: the backend's own truncation is under test
 
 
@@ -248,19 +250,20 @@ async def qwen15() -> AsyncIterator[LlamaCppBackend]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-async def test_nq_gold_vs_other_auc(qwen15: LlamaCppBackend) -> None:
+@pytest.mark.parametrize("layout", ["prefix", "paper"])  # the default first
+async def test_nq_gold_vs_other_auc(qwen15: LlamaCppBackend, layout: Layout) -> None:
     rows = _read_jsonl(_need_data("nq_open_oracle.jsonl.gz"), 21)
     scores: list[float] = []
     labels: list[bool] = []
     start = time.perf_counter()
     for i, row in enumerate(rows[:20]):
         for ctx, label in ((row["ctxs"][0], True), (rows[i + 1]["ctxs"][0], False)):
-            j = await qwen15.judge(judge_prompt(ctx["title"], ctx["text"], row["question"]))
+            j = await qwen15.judge(judge_prompt(ctx["title"], ctx["text"], row["question"], layout=layout))
             scores.append(j.log_odds)
             labels.append(label)
     per = (time.perf_counter() - start) / len(scores)
     auc = roc_auc(scores, labels)
-    print(f"\n[NQ] {qwen15.name}: ROC-AUC {auc:.3f} on {len(scores)} judgements, {per:.2f} s/judgement")
+    print(f"\n[NQ] {qwen15.name} {layout} layout: ROC-AUC {auc:.3f} on {len(scores)} judgements, {per:.2f} s/judgement")
     assert auc >= 0.9
 
 
@@ -279,7 +282,7 @@ async def test_popqa_per_question_auc(qwen15: LlamaCppBackend) -> None:
             continue
         scores = []
         for c in ctxs:
-            j = await qwen15.judge(judge_prompt(c["title"], c["text"], row["question"]))
+            j = await qwen15.judge(judge_prompt(c["title"], c["text"], row["question"], layout=DEFAULT_LAYOUT))
             scores.append(j.log_odds)
             n += 1
         judge_aucs.append(roc_auc(scores, labels))
@@ -287,7 +290,7 @@ async def test_popqa_per_question_auc(qwen15: LlamaCppBackend) -> None:
     per = (time.perf_counter() - start) / max(n, 1)
     judge_auc, retr_auc = float(np.mean(judge_aucs)), float(np.mean(retriever_aucs))
     print(
-        f"\n[PopQA] {qwen15.name}: per-question AUC {judge_auc:.3f} vs retriever order {retr_auc:.3f} "
+        f"\n[PopQA] {qwen15.name} {DEFAULT_LAYOUT} layout: per-question AUC {judge_auc:.3f} vs retriever order {retr_auc:.3f} "
         f"over {len(judge_aucs)} questions, {per:.2f} s/judgement"
     )
     assert math.isfinite(judge_auc)
