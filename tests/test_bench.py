@@ -132,6 +132,22 @@ def test_runner_and_report_with_scripted_backend(tmp_path: Path, monkeypatch: py
         asyncio.run(runner.run())
 
 
+def test_precision_leaves_out_questions_no_candidate_answers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "d.jsonl"
+    ctxs = [d.model_dump() for d in item().documents]
+    rows = [{"question": "Capital of France?", "answers": ["Paris"], "ctxs": ctxs},
+            {"question": "Capital of Italy?", "answers": ["Rome"], "ctxs": ctxs}]  # no passage holds Rome
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=ScriptedBackend()))
+    config = RunConfig(dataset="triviaqa", data="", systems=["main-rag"], k=4, model="scripted")
+    runner = Runner(config, Settings(), tmp_path / "out", resume=False, data=data, progress=False)
+    assert asyncio.run(runner.run()) == 2
+    main_rag = write_report(tmp_path / "out").systems["main-rag"]
+    # The Paris question keeps only Paris passages (precision 1); the Rome question's
+    # precision is 0 by construction and measures nothing about the filter.
+    assert main_rag.items == 2 and main_rag.precision == 1.0 and main_rag.auc_items == 1
+
+
 def test_a_second_run_into_the_same_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"question": "Capital?", "answers": ["Paris"],

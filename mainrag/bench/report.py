@@ -72,6 +72,10 @@ def summarise(out_dir: Path) -> Summary:
         per = [r["systems"][name] for r in rows if name in r["systems"]]
         if not per:
             continue
+        # Precision against "holds a gold answer" says nothing about a filter on a
+        # question none of whose candidates holds one (most of ARC): leave those out.
+        answerable = [r["systems"][name] for r in rows
+                      if name in r["systems"] and any(c["has_answer"] for c in r["candidates"])]
         metric = [p["metric"] for p in per]
         latency = np.array([p["latency"] for p in per])
         rag = [r["systems"].get("rag") for r in rows if name in r["systems"]]
@@ -83,7 +87,7 @@ def summarise(out_dir: Path) -> Summary:
             em=float(np.mean([p["em"] for p in per])),
             f1=float(np.mean([p["f1"] for p in per])),
             docs_kept=float(np.mean([p["n_kept"] for p in per])),
-            precision=_mean([p["precision"] for p in per]),
+            precision=_mean([p["precision"] for p in answerable]),
             recall=_mean([p["recall"] for p in per]),
             auc=_mean([p["auc"] for p in per]),
             auc_items=sum(p["auc"] is not None for p in per),
@@ -135,8 +139,9 @@ def markdown(summary: Summary) -> str:
         f"- versions: {', '.join(f'{k} {v}' for k, v in info.versions.items())}",
         "",
         (f"Metric: {METRIC_NAMES[summary.metric]} (95% bootstrap CI over items). EM and F1: SQuAD-normalised. "
-         "P/R/AUC: filter precision, recall and mean per-question ROC-AUC against \"passage holds a gold answer\" "
-         "(rag's AUC is the retriever's order). vs rag: items right where rag was wrong / wrong where rag was right. "
+         "P/R/AUC: filter precision, recall and mean per-question ROC-AUC against \"passage holds a gold answer\", "
+         "over the questions where some candidate holds one (rag's AUC is the retriever's order). "
+         "vs rag: items right where rag was wrong / wrong where rag was right. "
          "Cost per query counts every call a system needs as if it ran alone; latency is their summed seconds."),
         "",
         "| system | acc | 95% CI | EM | F1 | docs kept | P | R | AUC (n) | vs rag | LLM calls | prompt tok | compl. tok | p50 s | p95 s |",
