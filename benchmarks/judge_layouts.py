@@ -41,8 +41,8 @@ def has_answer(doc: Document, answers: list[str]) -> bool:
     return any(a.lower() in text for a in answers)
 
 
-async def run(model: str, questions: int, k: int, threads: int | None) -> dict[str, object]:
-    records = [json.loads(line) for line in DATA.open()][:questions]
+async def run(model: str, questions: int, k: int, threads: int | None, offset: int = 0) -> dict[str, object]:
+    records = [json.loads(line) for line in DATA.open()][offset:offset + questions]
     rag = MainRAG(backend={"kind": "local", "model": model, "n_threads": threads})
     judges = {
         layout: Judge(layout, rag.backend, load_template(judge_template_name(layout, with_answer=True)),
@@ -68,7 +68,7 @@ async def run(model: str, questions: int, k: int, threads: int | None) -> dict[s
         print(f"{rec['question'][:60]!r}: paper {aucs['paper'][-1:]} prefix {aucs['prefix'][-1:]}", flush=True)
     await rag.aclose()
     return {
-        "model": model, "questions": questions, "passages": k, "threads": threads,
+        "model": model, "questions": questions, "offset": offset, "passages": k, "threads": threads,
         "machine": platform.machine(),
         "auc": {name: round(float(np.mean(v)), 3) for name, v in aucs.items()},
         "questions_with_both_labels": len(aucs["retriever"]),
@@ -76,14 +76,14 @@ async def run(model: str, questions: int, k: int, threads: int | None) -> dict[s
     }
 
 
-def from_run(out_dir: Path, questions: int) -> dict[str, object]:
+def from_run(out_dir: Path, questions: int, offset: int = 0) -> dict[str, object]:
     """Paper vs prefix from a bench run's recorded judge signals and call times."""
     from mainrag.bench.cache import JsonlFile
     from mainrag.bench.runner import CALLS_FILE, read_info, read_items
 
     signals = {"paper": "judge", "prefix": "judge-prefix", "judge-only": "judge-only"}
     aucs: dict[str, list[float]] = {name: [] for name in [*signals, "retriever"]}
-    rows = read_items(out_dir)[:questions]
+    rows = read_items(out_dir)[offset:offset + questions]
     keys = {row["key"] for row in rows}
     for row in rows:
         labels = [c["has_answer"] for c in row["candidates"]]
@@ -111,14 +111,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="qwen2.5-0.5b")
     parser.add_argument("--questions", type=int, default=10)
+    parser.add_argument("--offset", type=int, default=0, help="skip this many questions first")
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     parser.add_argument("--from-run", type=Path, help="read a `mainrag bench` run's judgements instead of judging")
     args = parser.parse_args()
     if args.from_run:
-        result = from_run(args.from_run, args.questions)
+        result = from_run(args.from_run, args.questions, args.offset)
     else:
-        result = asyncio.run(run(args.model, args.questions, args.k, args.threads))
+        result = asyncio.run(run(args.model, args.questions, args.k, args.threads, args.offset))
     print(json.dumps(result, indent=2))
 
 

@@ -250,7 +250,7 @@ async def qwen15() -> AsyncIterator[LlamaCppBackend]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.parametrize("layout", ["prefix", "paper"])  # the default first
+@pytest.mark.parametrize("layout", ["paper", "prefix"])  # the default first
 async def test_nq_gold_vs_other_auc(qwen15: LlamaCppBackend, layout: Layout) -> None:
     rows = _read_jsonl(_need_data("nq_open_oracle.jsonl.gz"), 21)
     scores: list[float] = []

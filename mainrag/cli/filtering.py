@@ -103,7 +103,7 @@ def run(
     max_keep: MaxKeepOpt = None,
     consensus: ConsensusOpt = None,
     judge_only: JudgeOnlyOpt = None,
-    layout: Annotated[Literal["paper", "prefix"] | None, typer.Option(help="Judge prompt layout (default: prefix).")] = None,
+    layout: Annotated[Literal["paper", "prefix"] | None, typer.Option(help="Judge prompt layout (default: paper).")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N candidates.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
