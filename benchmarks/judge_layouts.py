@@ -41,6 +41,15 @@ def has_answer(doc: Document, answers: list[str]) -> bool:
     return any(a.lower() in text for a in answers)
 
 
+def add_question(aucs: dict[str, list[float]], scores: dict[str, list[float]], labels: list[bool]) -> None:
+    """One question's AUC per judge, and the retriever order's; skipped without both labels."""
+    if not 0 < sum(labels) < len(labels):
+        return
+    for name, values in scores.items():
+        aucs[name].append(roc_auc(values, labels))
+    aucs["retriever"].append(roc_auc([-i for i in range(len(labels))], labels))
+
+
 async def run(model: str, questions: int, k: int, threads: int | None, offset: int = 0) -> dict[str, object]:
     records = [json.loads(line) for line in DATA.open()][offset:offset + questions]
     rag = MainRAG(backend={"kind": "local", "model": model, "n_threads": threads})
@@ -56,14 +65,12 @@ async def run(model: str, questions: int, k: int, threads: int | None, offset: i
         docs = record_passages(rec)[:k]
         labels = [has_answer(d, rec["answers"]) for d in docs]
         answers = [(await rag.predictor.predict(rec["question"], d)).text for d in docs]
+        scores: dict[str, list[float]] = {}
         for layout, judge in judges.items():
             start = time.perf_counter()
-            scores = [(await judge.score(rec["question"], d, a)).log_odds for d, a in zip(docs, answers)]
+            scores[layout] = [(await judge.score(rec["question"], d, a)).log_odds for d, a in zip(docs, answers)]
             seconds[layout] += time.perf_counter() - start
-            if 0 < sum(labels) < len(labels):
-                aucs[layout].append(roc_auc(scores, labels))
-        if 0 < sum(labels) < len(labels):
-            aucs["retriever"].append(roc_auc([-i for i in range(len(docs))], labels))
+        add_question(aucs, scores, labels)
         n_judged += len(docs)
         print(f"{rec['question'][:60]!r}: paper {aucs['paper'][-1:]} prefix {aucs['prefix'][-1:]}", flush=True)
     await rag.aclose()
@@ -87,11 +94,7 @@ def from_run(out_dir: Path, questions: int, offset: int = 0) -> dict[str, object
     keys = {row["key"] for row in rows}
     for row in rows:
         labels = [c["has_answer"] for c in row["candidates"]]
-        if not 0 < sum(labels) < len(labels):
-            continue
-        for name, signal in signals.items():
-            aucs[name].append(roc_auc(row["signals"][signal], labels))
-        aucs["retriever"].append(roc_auc([-i for i in range(len(labels))], labels))
+        add_question(aucs, {name: row["signals"][signal] for name, signal in signals.items()}, labels)
     seconds: dict[str, list[float]] = {name: [] for name in signals}
     by_signal = {signal: name for name, signal in signals.items()}
     for call in JsonlFile(out_dir / CALLS_FILE).rows:
