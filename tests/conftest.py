@@ -7,6 +7,9 @@ import os
 import httpx
 import pytest
 
+# The fake OpenAI-compatible server's fixtures, for every test module.
+from fake_openai import fake, fake2  # noqa: F401
+
 # --------------------------------------------------------------------------
 # The real vLLM server (tests marked ``vllm``; tests/test_openai_backend.py)
 # --------------------------------------------------------------------------

@@ -148,6 +148,30 @@ def test_precision_leaves_out_questions_no_candidate_answers(tmp_path: Path, mon
     assert main_rag.items == 2 and main_rag.precision == 1.0 and main_rag.auc_items == 1
 
 
+class MisjudgingBackend(ScriptedBackend):
+    """A judge that prefers the documents without the answer."""
+
+    async def judge(self, prompt: Prompt) -> Judgement:
+        j = await super().judge(prompt)
+        return Judgement(log_odds=-j.log_odds, logprob_yes=j.logprob_no, logprob_no=j.logprob_yes, prompt_tokens=50)
+
+
+def test_report_lists_where_main_rag_and_rag_disagree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "d.jsonl"
+    ctxs = [d.model_dump() for d in item().documents]
+    rows = [{"question": "Capital of France?", "answers": ["Paris"], "ctxs": ctxs},
+            {"question": "Capital of Italy?", "answers": ["Rome"], "ctxs": ctxs}]  # both systems wrong: not listed
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=MisjudgingBackend()))
+    config = RunConfig(dataset="triviaqa", data="", systems=["rag", "main-rag"], k=4, model="scripted")
+    assert asyncio.run(Runner(config, Settings(), tmp_path / "out", resume=False, data=data, progress=False).run()) == 2
+    write_report(tmp_path / "out")
+    table = (tmp_path / "out" / "report.md").read_text().split("Where main-rag and rag disagree")[1]
+    # The judge kept the two Berlin passages and dropped both that hold "Paris".
+    assert "| rag | Capital of France? | Paris | Paris | unknown | 2, 0/2 |" in table
+    assert "Italy" not in table
+
+
 def test_a_second_run_into_the_same_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"question": "Capital?", "answers": ["Paris"],
@@ -157,8 +181,8 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path: Path, monkeyp
     out = tmp_path / "out"
     out.mkdir()
     # Another process holds the directory's lock, as a running `mainrag bench` does.
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, filelock; l = filelock.FileLock(sys.argv[1]); "
-                               "l.acquire(); print('held', flush=True); sys.stdin.read()", str(out / ".lock")],
+    hold = "import sys, filelock; l = filelock.FileLock(sys.argv[1]); l.acquire(); print('held', flush=True); sys.stdin.read()"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out / ".lock")],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fake_openai import DEFAULT_JUDGE, DEFAULT_TEXT, FakeServer, Reply, fake, fake2, top_logprobs_reply  # noqa: F401  (fixtures)
+from fake_openai import DEFAULT_TEXT, FakeServer, Reply, top_logprobs_reply
 
 from mainrag import scoring
 from mainrag.backends.base import Backend, Message, Prompt

@@ -124,7 +124,49 @@ def _f(x: float | None, digits: int = 3) -> str:
 METRIC_NAMES = {"match": "accuracy (gold string in output)", "choice": "choice accuracy", "str_em": "str-em"}
 
 
-def markdown(summary: Summary) -> str:
+def disagreements(rows: list[dict[str, Any]], system: str = "main-rag",
+                  baseline: str = "rag") -> list[dict[str, Any]]:
+    """The items one system got right and the other wrong, with what the filter kept.
+
+    ``answer_kept`` against ``answer_candidates`` tells a filter that dropped
+    the answer-bearing passages from an answerer misled by what it was given.
+    """
+    found = []
+    for row in rows:
+        a, b = row["systems"].get(baseline), row["systems"].get(system)
+        if a is None or b is None or a["correct"] == b["correct"]:
+            continue
+        kept = set(b["kept"])
+        holding = [c["id"] for c in row["candidates"] if c["has_answer"]]
+        key, golds = row.get("answer_key"), row["gold"] or [""]
+        found.append({"question": row["question"], "gold": f"{key}: {golds[0]}" if key else golds[0],
+                      "winner": system if b["correct"] else baseline,
+                      "baseline_answer": a["answer"], "answer": b["answer"], "n_kept": b["n_kept"],
+                      "answer_candidates": len(holding), "answer_kept": sum(i in kept for i in holding)})
+    return found
+
+
+def _cell(text: str, width: int = 70) -> str:
+    one_line = " ".join(str(text).split()).replace("|", "\\|")
+    return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
+
+
+def disagreement_table(rows: list[dict[str, Any]], system: str = "main-rag", baseline: str = "rag") -> list[str]:
+    found = disagreements(rows, system, baseline)
+    if not found:
+        return []
+    intro = (f"Where {system} and {baseline} disagree (answers cut at 70 characters; "
+             "kept: passages kept, of them holding a gold answer / all candidates holding one):")
+    lines = ["", intro, "",
+             f"| right | question | gold | {baseline} answer | {system} answer | kept |", "|---|---|---|---|---|---|"]
+    for d in found:
+        lines.append(f"| {d['winner']} | {_cell(d['question'])} | {_cell(d['gold'], 30)} | "
+                     f"{_cell(d['baseline_answer'])} | {_cell(d['answer'])} | "
+                     f"{d['n_kept']}, {d['answer_kept']}/{d['answer_candidates']} |")
+    return lines
+
+
+def markdown(summary: Summary, rows: list[dict[str, Any]] | None = None) -> str:
     info = summary.info
     c = info.config
     own = f"each record's own passages, top {c.k}"
@@ -164,6 +206,7 @@ def markdown(summary: Summary) -> str:
             verdict = "better" if delta > 0 else "worse" if delta < 0 else "equal"
             lines.append(f"- {name}: {verdict} by {delta:+.3f} (+{s.wins_vs_rag} / −{s.losses_vs_rag} items, "
                          f"p = {sign_test_p(s.wins_vs_rag, s.losses_vs_rag or 0):.2f})")
+    lines += disagreement_table(rows or [])
     errors = {n: s.errors for n, s in summary.systems.items() if s.errors}
     if errors:
         lines += ["", f"Failed LLM calls (counted as no answer / unscored): {errors}"]
@@ -247,9 +290,10 @@ def write_report(out_dir: Path) -> Summary:
     """Write summary.json, report.md and the PNGs; return the summary."""
     summary = summarise(out_dir)
     (out_dir / "summary.json").write_text(json.dumps(summary.model_dump(mode="json"), indent=2))
-    (out_dir / "report.md").write_text(markdown(summary))
+    rows = read_items(out_dir)
+    (out_dir / "report.md").write_text(markdown(summary, rows))
     if summary.systems:
         plot_accuracy_vs_kept(summary, out_dir / "accuracy_vs_kept.png")
-    plot_score_distributions(read_items(out_dir), out_dir / "score_distributions.png",
+    plot_score_distributions(rows, out_dir / "score_distributions.png",
                              f"{summary.dataset}: per-passage scores, with and without a gold answer")
     return summary
