@@ -14,7 +14,7 @@ Design notes (why, not what):
   because llama.cpp's CPU kernels round differently for different batch
   splits: the chunks make a score a function of the prompt alone, identical
   with or without reuse and whatever ran before.
-* ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (see ``_import_llama_cpp``):
+* ``OMP_WAIT_POLICY`` defaults to ``PASSIVE`` (see ``llamacpp_runtime.import_llama_cpp``):
   spinning OpenMP barriers made judgements several times slower whenever
   another process shared the cores.
 * With ``logits_all=False`` llama-cpp-python 0.3.36 never copies logits into
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mainrag import models
+from mainrag.backends import llamacpp_runtime
 from mainrag.backends.base import Generation, Judgement, Message, Prompt
 from mainrag.errors import BackendError, ConfigError
 from mainrag.scoring import NO_VARIANTS, YES_VARIANTS, score_logits
@@ -60,25 +60,6 @@ _KEPT_TAIL = 8
 
 T = TypeVar("T")
 _Key = tuple[Path, int, int]
-
-
-def _install_hint() -> str:
-    return "pip install 'mainrag[local]'  (compiles llama-cpp-python==0.3.36, ~7 min on 2 cores)"
-
-
-def _import_llama_cpp() -> Any:
-    if "llama_cpp" not in sys.modules:
-        # llama.cpp's OpenMP runtime (libgomp) reads this once, when loaded.
-        # Its default active wait makes ggml's per-op thread barriers spin, and
-        # when any other process shares the cores a judgement gets several times
-        # slower (0.5B, 2 threads, load 5: 5-8 s against 1.5 s passive). A
-        # user's own setting wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        import llama_cpp
-    except ImportError as exc:  # the optional extra is missing
-        raise ConfigError(f"the llamacpp backend needs llama-cpp-python: {_install_hint()}") from exc
-    return llama_cpp
 
 
 def _default_threads() -> int:
@@ -141,10 +122,9 @@ def _release(loaded: _LoadedModel) -> bool:
 
 
 def _load(path: Path, n_ctx: int, n_threads: int, seed: int, verbose: bool) -> _LoadedModel:
-    llama_cpp = _import_llama_cpp()
     try:
-        llm = llama_cpp.Llama(
-            model_path=str(path),
+        llm = llamacpp_runtime.load_llama(
+            path,
             n_ctx=n_ctx,
             n_threads=n_threads,
             n_threads_batch=n_threads,
