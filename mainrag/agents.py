@@ -31,7 +31,9 @@ class Judge:
     async def score(self, question: str, doc: Document, answer: str | None) -> Judgement:
         fields = {"document": fence(doc.content, self.max_doc_chars), "question": question}
         if answer is not None:
-            fields["answer"] = answer
+            # The Predictor wrote the answer from the document, so a hostile
+            # document speaks through it: quote it as untrusted data too.
+            fields["answer"] = fence(answer, self.max_doc_chars)
         return await self.backend.judge(self.template.render(**fields))
 
 

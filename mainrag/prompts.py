@@ -2,15 +2,18 @@
 
 Each file holds a ``system`` and a ``user`` template with ``{document}``,
 ``{question}``, ``{answer}`` or ``{documents}`` fields. Users override a
-template by passing a path. Retrieved text is untrusted: it is fenced in
-``<document>`` tags, stays in the user message, and any tag inside it is
-neutralised so it cannot close the fence and speak as the instruction.
+template by passing a path. Retrieved text is untrusted, and so is the
+Predictor's answer (the model wrote it from that text): both are fenced
+(``<document>``, ``<answer>``), stay in the user message, and pass through
+:func:`neutralise`, so they can neither close a fence nor carry a chat
+special token that a tokenizer would parse as a turn boundary.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
+import unicodedata
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -31,7 +34,38 @@ PROMPTS_DIR = next(
     _PACKAGE / "_prompts",
 )
 
-_TAG = re.compile(r"</?\s*document\s*>", re.IGNORECASE)
+# Tags that open or close a fence around untrusted text in the prompts.
+FENCE_NAMES = ("document", "answer")
+_TAG_REMOVED = "[tag removed]"
+# Matched on a skeleton of the text (see _skeleton): any opening or closing tag
+# of a fence name, spaced, with attributes or unclosed, e.g. "< /Document x>".
+# No word boundary after the name: "<document\u200bs>" reads as a tag too, and
+# cutting a rare "<documents>" costs nothing.
+_FENCE_TAG = re.compile(rf"<[\s/]*(?:{'|'.join(FENCE_NAMES)})(?:[^<>\n]{{0,80}}>)?")
+# What a reader, or a model, takes for <, > or / although NFKC keeps it apart
+# (NFKC itself folds the fullwidth and small forms such as U+FF1C and U+FE64),
+# and Cyrillic/Greek letters that pass for the Latin letters of the names.
+_FOLD = str.maketrans(
+    dict.fromkeys("\u2039\u3008\u27e8\u276e\u276c\u02c2\u1438\u29fc\u300a\u00ab", "<")
+    | dict.fromkeys("\u203a\u3009\u27e9\u276f\u276d\u02c3\u1433\u29fd\u300b\u00bb", ">")
+    | dict.fromkeys("\\\u2044\u2215\u29f8\u2571\u27cb", "/")
+    | dict(zip("\u0430\u0441\u0435\u043e\u03bf\u0455\u0501\u0442\u043c\u043f\u057d\u03c5\u0433\u051d\u0461\u03b1",
+               "aceoosdtmnuurwwa", strict=True))
+)
+# Chat special-token shapes, broken by a zero-width space at each match so no
+# tokenizer that parses specials in text (vLLM, llama.cpp servers) sees one:
+# <|im_end|>, <｜User｜> (DeepSeek's fullwidth bars), <s>, </s>,
+# <start_of_turn>, <think>, <0x0A>, [INST], [/INST], [TOOL_CALLS], [gMASK],
+# [control_8], and Falcon's >>TITLE<<. HTML tags without attributes (<b>) and
+# bracketed words ([edit]) are caught too: the inserted character is
+# invisible, so the text reads the same.
+_ZWSP = "\u200b"
+_SPECIAL = re.compile(
+    r"(?<=<)(?=[|\uff5c])|(?<=[|\uff5c])(?=>)"
+    r"|(?<=<)(?=/?[\w\u2581.:\-]+>)"
+    r"|(?<=\[)(?=/?[A-Za-z_]\w*\])"
+    r"|(?<=>)(?=>[A-Z_]+<<)"
+)
 
 
 class PromptTemplate(BaseModel):
@@ -69,9 +103,45 @@ def judge_template_name(layout: Layout, *, with_answer: bool) -> str:
     return base if layout == "paper" else f"{base}_prefix"
 
 
+def _skeleton(text: str) -> tuple[str, list[int] | None]:
+    """Text as a tag reader sees it, and the source index of each character
+    (None: the identity). Per character NFKC, casefold and _FOLD; format
+    characters (zero-width spaces, joiners) dropped, since they hide a tag
+    from a regex but not from a model."""
+    if text.isascii():
+        return text.lower().replace("\\", "/"), None
+    chars: list[str] = []
+    where: list[int] = []
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) == "Cf":
+            continue
+        folded = unicodedata.normalize("NFKC", ch).casefold().translate(_FOLD)
+        chars.append(folded)
+        where.extend([i] * len(folded))
+    return "".join(chars), where
+
+
+def neutralise(text: str) -> str:
+    """Untrusted text (a document, a model's answer) made safe to quote.
+
+    Any tag of a fence name, look-alikes included, becomes "[tag removed]";
+    then every chat special-token shape gets a zero-width space, so the text
+    stays readable but cannot end a fence or a chat turn.
+    """
+    skeleton, where = _skeleton(text)
+    parts: list[str] = []
+    last = 0
+    for m in _FENCE_TAG.finditer(skeleton):
+        start, end = (m.start(), m.end()) if where is None else (where[m.start()], where[m.end() - 1] + 1)
+        parts += [text[last : max(start, last)], _TAG_REMOVED]
+        last = max(end, last)
+    parts.append(text[last:])
+    return _SPECIAL.sub(_ZWSP, "".join(parts))
+
+
 def fence(text: str, max_chars: int) -> str:
-    """Untrusted document text, truncated and unable to close its fence."""
-    return _TAG.sub("[tag removed]", text[:max_chars])
+    """Untrusted text, truncated and neutralised, ready to quote in a fence."""
+    return neutralise(text[:max_chars])
 
 
 def fenced_documents(docs: Sequence[Document], max_chars: int) -> str:

@@ -193,13 +193,32 @@ def _single_token_ids(llm: Llama, variants: Sequence[str], path: Path) -> tuple[
 # --------------------------------------------------------------------------
 
 
+# Stand-ins for the message contents while the chat template renders:
+# private-use characters that no template writes, around the message index.
+_OPEN, _CLOSE = "\ue000", "\ue001"
+
+
 def _tokenize_prompt(loaded: _LoadedModel, prompt: Prompt) -> list[int]:
-    text = loaded.render([{"role": m.role, "content": m.content} for m in prompt])
     llm = loaded.llm
+
+    def tokenize(text: str, *, special: bool) -> list[int]:
+        return llm.tokenize(text.encode("utf-8"), add_bos=False, special=special) if text else []
+
     # The template writes its own special tokens (and BOS where it wants one),
-    # so parse specials and add BOS only if the vocab asks for it and the
-    # template did not already put it there.
-    tokens: list[int] = llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    # so its text is tokenized with specials parsed. Message contents hold
+    # documents and model output: "<|im_end|>" there must stay plain text, so
+    # the template renders placeholders and each content is tokenized apart
+    # with special=False. A template that drops or repeats a message drops or
+    # repeats its placeholder, so the result follows the template.
+    text = loaded.render([{"role": m.role, "content": f"{_OPEN}{i}{_CLOSE}"} for i, m in enumerate(prompt)])
+    head, *rest = text.split(_OPEN)
+    tokens = tokenize(head, special=True)
+    for part in rest:
+        index, _, template_text = part.partition(_CLOSE)
+        tokens += tokenize(prompt[int(index)].content, special=False)
+        tokens += tokenize(template_text, special=True)
+    # Add BOS only if the vocab asks for it and the template did not already
+    # put it there.
     bos = llm.token_bos()
     if llm._model.add_bos_token() and bos >= 0 and tokens[:1] != [bos]:
         tokens.insert(0, bos)
