@@ -61,12 +61,15 @@ def _install_hint() -> str:
 
 def import_llama_cpp() -> Any:
     if "llama_cpp" not in sys.modules:
-        # llama.cpp's OpenMP runtime (libgomp) reads this once, when loaded.
-        # Its default active wait makes ggml's per-op thread barriers spin, and
-        # when any other process shares the cores a judgement gets several times
-        # slower (0.5B, 2 threads, load 5: 5-8 s against 1.5 s passive). A
-        # user's own setting wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # llama.cpp's OpenMP runtime (libgomp) reads these once, when loaded.
+        # ggml syncs its threads after every op; a short spin before sleeping
+        # (3000 turns, microseconds) decodes the 0.5B at 25.6 tok/s on 2 idle
+        # cores against 16.6 with PASSIVE (sleep at once), and costs 15% when
+        # another process shares the cores (11.2 against 13.1); an endless
+        # spin (ACTIVE alone) made judgements several times slower under load.
+        # Measured by benchmarks/cpu_variants.py' probe; a user's setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
+        os.environ.setdefault("GOMP_SPINCOUNT", "3000")
     try:
         import llama_cpp
     except ImportError as exc:  # the optional extra is missing
@@ -152,7 +155,12 @@ def decide(model_path: Path | None) -> Runtime:
         if build_has_amx and not amx_ok:
             note += "; AMX left out: " + ("its probe failed on this host" if model_path else "no model to probe")
         has_amx = set(AMX) <= set(VARIANTS[variant])
-        return Runtime(**common, variant=variant, build_has_amx=has_amx, use_extra_bufts=True, note=note)
+        # Weight repacking (an extra buffer type) is slower where ggml's plain
+        # kernels have AVX-512 VNNI: 1.5B prompts at 101 tok/s with it, 144
+        # without (decode 9.9 against 8.9; benchmarks/RESULTS.md). AMX needs it.
+        bufts = amx_ok or "avx512_vnni" not in VARIANTS[variant]
+        note += "" if bufts else "; weight repacking off (slower than the AVX-512 VNNI kernels)"
+        return Runtime(**common, variant=variant, build_has_amx=has_amx, use_extra_bufts=bufts, note=note)
     if build_has_amx and not amx_ok:
         note = (
             "native build whose AMX kernels fail on this host: extra buffer types off "
