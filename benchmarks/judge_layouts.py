@@ -29,16 +29,13 @@ import numpy as np
 
 from mainrag import MainRAG
 from mainrag.agents import Judge
-from mainrag.documents import Document, record_passages
+from mainrag.backends.base import Generation, Judgement
+from mainrag.bench.metrics import has_answer
+from mainrag.documents import record_passages
 from mainrag.metrics import roc_auc
 from mainrag.prompts import judge_template_name, load_template
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "popqa_longtail_100.jsonl"
-
-
-def has_answer(doc: Document, answers: list[str]) -> bool:
-    text = doc.content.lower()
-    return any(a.lower() in text for a in answers)
 
 
 def add_question(aucs: dict[str, list[float]], scores: dict[str, list[float]], labels: list[bool]) -> None:
@@ -46,40 +43,64 @@ def add_question(aucs: dict[str, list[float]], scores: dict[str, list[float]], l
     if not 0 < sum(labels) < len(labels):
         return
     for name, values in scores.items():
-        aucs[name].append(roc_auc(values, labels))
-    aucs["retriever"].append(roc_auc([-i for i in range(len(labels))], labels))
+        aucs.setdefault(name, []).append(roc_auc(values, labels))
+    aucs.setdefault("retriever", []).append(roc_auc([-i for i in range(len(labels))], labels))
 
 
-async def run(model: str, questions: int, k: int, threads: int | None, offset: int = 0) -> dict[str, object]:
+def judge_templates(specs: list[str]) -> dict[str, str]:
+    """``layout`` (a built-in layout) or ``name=template.toml`` -> template name or path."""
+    out = {}
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        out[name] = path or judge_template_name(name, with_answer=True)  # type: ignore[arg-type]
+    return out
+
+
+async def run(model: str, questions: int, k: int, threads: int | None, offset: int = 0,
+              layouts: list[str] | None = None, out: Path | None = None) -> dict[str, object]:
+    """Predict once per passage (batched), then judge every passage with each
+    layout's Judge; one JSON line per question in ``out`` (resumable)."""
     records = [json.loads(line) for line in DATA.open()][offset:offset + questions]
     rag = MainRAG(backend={"kind": "local", "model": model, "n_threads": threads})
     judges = {
-        layout: Judge(layout, rag.backend, load_template(judge_template_name(layout, with_answer=True)),
-                      max_doc_chars=rag.settings.max_doc_chars)
-        for layout in ("paper", "prefix")
+        name: Judge(name, rag.backend, load_template(template), max_doc_chars=rag.settings.max_doc_chars,
+                    predictor=rag.predictor.template)
+        for name, template in judge_templates(layouts or ["paper", "prefix"]).items()
     }
-    aucs: dict[str, list[float]] = {"paper": [], "prefix": [], "retriever": []}
-    seconds = {"paper": 0.0, "prefix": 0.0}
-    n_judged = 0
+    done = [json.loads(line) for line in out.open()] if out and out.is_file() else []
+    seen = {row["question"] for row in done}
     for rec in records:
+        if rec["question"] in seen:
+            continue
         docs = record_passages(rec)[:k]
-        labels = [has_answer(d, rec["answers"]) for d in docs]
-        answers = [(await rag.predictor.predict(rec["question"], d)).text for d in docs]
-        scores: dict[str, list[float]] = {}
-        for layout, judge in judges.items():
+        row: dict[str, object] = {"question": rec["question"], "labels": [has_answer(d.content, rec["answers"]) for d in docs]}
+        start = time.perf_counter()
+        gens = await rag.predictor.predict_many(rec["question"], docs)
+        row["predict_seconds"] = time.perf_counter() - start
+        answers = [g.text if isinstance(g, Generation) else "" for g in gens]
+        row["answers"], row["scores"], row["seconds"] = answers, {}, {}
+        for name, judge in judges.items():
             start = time.perf_counter()
-            scores[layout] = [(await judge.score(rec["question"], d, a)).log_odds for d, a in zip(docs, answers)]
-            seconds[layout] += time.perf_counter() - start
-        add_question(aucs, scores, labels)
-        n_judged += len(docs)
-        print(f"{rec['question'][:60]!r}: paper {aucs['paper'][-1:]} prefix {aucs['prefix'][-1:]}", flush=True)
+            verdicts = await judge.score_many(rec["question"], docs, answers)
+            row["seconds"][name] = time.perf_counter() - start  # type: ignore[index]
+            row["scores"][name] = [v.log_odds if isinstance(v, Judgement) else float("nan") for v in verdicts]  # type: ignore[index]
+        done.append(row)
+        if out:
+            with out.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        print(f"{rec['question'][:50]!r}: " + " ".join(f"{n} {roc_auc(v, row['labels']) if 0 < sum(row['labels']) < len(docs) else '-'}" for n, v in row["scores"].items()), flush=True)  # type: ignore[arg-type]
     await rag.aclose()
+    aucs: dict[str, list[float]] = {}
+    for row in done:
+        add_question(aucs, row["scores"], row["labels"])  # type: ignore[arg-type]
+    n_docs = sum(len(row["labels"]) for row in done)  # type: ignore[arg-type]
     return {
-        "model": model, "questions": questions, "offset": offset, "passages": k, "threads": threads,
+        "model": model, "questions": len(done), "offset": offset, "passages": k, "threads": threads,
         "machine": platform.machine(),
         "auc": {name: round(float(np.mean(v)), 3) for name, v in aucs.items()},
-        "questions_with_both_labels": len(aucs["retriever"]),
-        "seconds_per_judgement": {name: round(s / n_judged, 3) for name, s in seconds.items()},
+        "questions_with_both_labels": len(aucs.get("retriever", [])),
+        "seconds_per_judgement": {n: round(sum(r["seconds"][n] for r in done) / n_docs, 3) for n in judges},  # type: ignore[index]
+        "seconds_per_prediction": round(sum(r["predict_seconds"] for r in done) / n_docs, 3),  # type: ignore[misc]
     }
 
 
@@ -89,7 +110,7 @@ def from_run(out_dir: Path, questions: int, offset: int = 0) -> dict[str, object
     from mainrag.bench.runner import CALLS_FILE, read_info, read_items
 
     signals = {"paper": "judge", "prefix": "judge-prefix", "judge-only": "judge-only"}
-    aucs: dict[str, list[float]] = {name: [] for name in [*signals, "retriever"]}
+    aucs: dict[str, list[float]] = {}
     rows = read_items(out_dir)[offset:offset + questions]
     keys = {row["key"] for row in rows}
     for row in rows:
@@ -118,11 +139,14 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=20)
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     parser.add_argument("--from-run", type=Path, help="read a `mainrag bench` run's judgements instead of judging")
+    parser.add_argument("--layouts", nargs="+", default=["paper", "prefix"],
+                        help="layouts (paper, prefix, conversation) or NAME=template.toml")
+    parser.add_argument("--out", type=Path, help="JSONL of per-question scores (resumes)")
     args = parser.parse_args()
     if args.from_run:
         result = from_run(args.from_run, args.questions, args.offset)
     else:
-        result = asyncio.run(run(args.model, args.questions, args.k, args.threads, args.offset))
+        result = asyncio.run(run(args.model, args.questions, args.k, args.threads, args.offset, args.layouts, args.out))
     print(json.dumps(result, indent=2))
 
 

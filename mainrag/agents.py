@@ -1,12 +1,16 @@
-"""The three MAIN-RAG agents. Each renders its prompt and asks its backend."""
+"""The three MAIN-RAG agents. Each renders its prompts and asks its backend,
+all of a query's prompts of one kind at once (see ``backends.base.generate_all``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mainrag.backends.base import Backend, Generation, Judgement
+from mainrag.backends.base import Backend, Generation, Judgement, Message, Prompt, generate_all, judge_all
 from mainrag.documents import Document
-from mainrag.prompts import PromptTemplate, fence, fenced_documents
+from mainrag.errors import ConfigError, MainRAGError
+from mainrag.prompts import PromptTemplate, fence, fenced_documents, load_template
+
+Answer = str | BaseException | None  # the Predictor's answer, its failure, or none (judge-only)
 
 
 class Predictor:
@@ -16,25 +20,75 @@ class Predictor:
         self.backend, self.template = backend, template
         self.max_tokens, self.max_doc_chars = max_tokens, max_doc_chars
 
+    def prompt(self, question: str, doc: Document) -> Prompt:
+        return self.template.render(document=fence(doc.content, self.max_doc_chars), question=question)
+
     async def predict(self, question: str, doc: Document) -> Generation:
-        prompt = self.template.render(document=fence(doc.content, self.max_doc_chars), question=question)
-        return await self.backend.generate(prompt, max_tokens=self.max_tokens)
+        return await self.backend.generate(self.prompt(question, doc), max_tokens=self.max_tokens)
+
+    async def predict_many(self, question: str, docs: Sequence[Document]) -> list[Generation | BaseException]:
+        prompts = [self.prompt(question, d) for d in docs]
+        try:
+            return await generate_all(self.backend, prompts, max_tokens=self.max_tokens)
+        except MainRAGError as exc:  # the whole batch failed: every document with it
+            return [exc] * len(prompts)
 
 
 class Judge:
-    """Agent-2: log P(Yes) - log P(No) that the document supports the answer."""
+    """Agent-2: log P(Yes) - log P(No) that the document supports the answer.
 
-    def __init__(self, name: str, backend: Backend, template: PromptTemplate, *, max_doc_chars: int):
+    A template that ``continues`` the Predictor's (the conversation layout)
+    is asked after the Predictor's own prompt and answer, so a backend that
+    caches prefixes reads each document once for both agents.
+    """
+
+    def __init__(
+        self, name: str, backend: Backend, template: PromptTemplate, *, max_doc_chars: int,
+        predictor: PromptTemplate | None = None,
+    ):  # fmt: skip
         self.name, self.backend, self.template = name, backend, template
         self.max_doc_chars = max_doc_chars
+        self.predictor = predictor or (load_template(template.continues) if template.continues else None)
+
+    def prompt(self, question: str, doc: Document, answer: str | None) -> Prompt:
+        document = fence(doc.content, self.max_doc_chars)
+        if self.template.continues:
+            if answer is None or self.predictor is None:
+                raise ConfigError(f"{self.template.source} continues the Predictor: it needs the Predictor's answer")
+            asked = self.predictor.render(document=document, question=question)
+            follow_up = self.template.user.format(question=question)
+            # The answer was written from the document: neutralised like it.
+            reply = Message(role="assistant", content=fence(answer, self.max_doc_chars))
+            return (*asked, reply, Message(role="user", content=follow_up))
+        fields = {"document": document, "question": question}
+        if answer is not None:
+            # A hostile document speaks through the answer: quote it as untrusted data too.
+            fields["answer"] = fence(answer, self.max_doc_chars)
+        return self.template.render(**fields)
 
     async def score(self, question: str, doc: Document, answer: str | None) -> Judgement:
-        fields = {"document": fence(doc.content, self.max_doc_chars), "question": question}
-        if answer is not None:
-            # The Predictor wrote the answer from the document, so a hostile
-            # document speaks through it: quote it as untrusted data too.
-            fields["answer"] = fence(answer, self.max_doc_chars)
-        return await self.backend.judge(self.template.render(**fields))
+        return await self.backend.judge(self.prompt(question, doc, answer))
+
+    async def score_many(
+        self, question: str, docs: Sequence[Document], answers: Sequence[Answer]
+    ) -> list[Judgement | BaseException]:
+        """Every document's judgement; a document whose prediction failed gets
+        that failure instead (it is unscored, not scored on an empty answer)."""
+        todo = [i for i, a in enumerate(answers) if not isinstance(a, BaseException)]
+        prompts = [self.prompt(question, docs[i], answers[i]) for i in todo]  # type: ignore[arg-type]
+        try:
+            verdicts = await judge_all(self.backend, prompts)
+        except MainRAGError as exc:  # the whole batch failed: every document with it
+            verdicts = [exc] * len(prompts)
+        done = dict(zip(todo, verdicts, strict=True))
+        return [done[i] if i in done else _failed(a) for i, a in enumerate(answers)]
+
+
+def _failed(answer: Answer) -> BaseException:
+    assert isinstance(answer, BaseException)
+    error = MainRAGError(f"predictor failed: {type(answer).__name__}: {answer}")
+    error.__cause__ = answer
+    return error
 
 
 class FinalPredictor:
@@ -45,7 +99,5 @@ class FinalPredictor:
         self.max_tokens, self.max_doc_chars = max_tokens, max_doc_chars
 
     async def answer(self, question: str, docs: Sequence[Document]) -> Generation:
-        prompt = self.template.render(
-            documents=fenced_documents(docs, self.max_doc_chars), question=question
-        )
+        prompt = self.template.render(documents=fenced_documents(docs, self.max_doc_chars), question=question)
         return await self.backend.generate(prompt, max_tokens=self.max_tokens)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -34,10 +34,44 @@ class BackendSettings(BaseModel):
     model: str = DEFAULT_MODEL  # local: preset name or .gguf path; openai: served model name
     base_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8000/v1"])
     max_concurrency: int = Field(8, ge=1)  # in-flight requests per endpoint
-    timeout: float = Field(120.0, gt=0)
-    retries: int = Field(3, ge=0)
+    timeout: float = Field(120.0, gt=0)  # seconds for one HTTP attempt, whole reply included
+    retries: int = Field(3, ge=0)  # further attempts after a transient fault (connection, timeout, 429, 5xx)
     n_ctx: int = Field(4096, ge=256)  # local only
     n_threads: int | None = None  # local only
+    # local only: KV cells of the batch context that a query's prompts share (one per token
+    # held at once: ~350 per document with the conversation layout; ~30 KB each for the 1.5B)
+    n_kv: int = Field(32768, ge=1024)
+    # -- HTTP backend only (kind = "openai"); mainrag.backends.openai says what each does --
+    connect_timeout: float = Field(10.0, gt=0)
+    backoff: float = Field(0.5, ge=0)  # first retry delay in seconds, doubled each retry, plus jitter
+    max_backoff: float = Field(10.0, ge=0)
+    max_retry_after: float = Field(30.0, ge=0)  # a server's Retry-After is honoured up to this
+    down_for: float = Field(5.0, ge=0)  # an endpoint that refused a connection is avoided this long
+    top_logprobs: int = Field(20, ge=0)
+    # vLLM's exact label log-probs: None uses them when /tokenize answers, True requires them, False never.
+    yes_no_token_ids: bool | None = None
+    yes_token_ids: list[int] | None = None  # the labels' token ids, if known: no /tokenize look-up
+    no_token_ids: list[int] | None = None
+    tokenize_timeout: float = Field(10.0, gt=0)  # the whole /tokenize look-up of one endpoint
+    tokenize_retries: int = Field(1, ge=0)
+    tokenize_cooldown: float = Field(60.0, ge=0)  # a look-up that failed is tried again after this
+    judge_max_tokens: int = Field(1, ge=1)  # > 1 lets a thinking model emit tokens before its label
+    extra_body: dict[str, Any] = Field(default_factory=dict)  # merged into chat requests
+    # A query whose judgements from this backend are censored (a label outside the returned
+    # log-probs) more than this fraction of the time is "mostly censored": the engine then
+    # warns, fails or ignores it as ``on_censored`` says.
+    max_censored_fraction: float = Field(0.5, ge=0, le=1)
+    on_censored: Literal["ignore", "warn", "fail"] = "warn"
+
+    @model_validator(mode="after")
+    def _check_label_ids(self) -> BackendSettings:
+        if (self.yes_token_ids is None) != (self.no_token_ids is None):
+            raise ValueError("yes_token_ids and no_token_ids go together")
+        if self.yes_token_ids is not None and not (self.yes_token_ids and self.no_token_ids):
+            raise ValueError("yes_token_ids and no_token_ids must not be empty")
+        if self.yes_token_ids and self.no_token_ids and set(self.yes_token_ids) & set(self.no_token_ids):
+            raise ValueError("a token id cannot be both a Yes and a No")
+        return self
 
 
 class JudgeSettings(BaseModel):
@@ -72,6 +106,7 @@ class Settings(BaseSettings):
     final_max_tokens: int = Field(128, ge=1)
     max_doc_chars: int = Field(2000, ge=100)  # truncation of untrusted document text
     top_k: int = Field(20, ge=1)  # candidates retrieved when none are given
+    deadline: float | None = Field(None, gt=0)  # seconds for one filter() call; None: no limit
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -11,7 +13,7 @@ from typing import Any, Self, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
-from mainrag.agents import FinalPredictor, Judge, Predictor
+from mainrag.agents import Answer, FinalPredictor, Judge, Predictor
 from mainrag.backends import Backend, make_backend
 from mainrag.backends.base import Generation, Judgement
 from mainrag.config import BackendSettings, JudgeSettings, Settings
@@ -23,6 +25,7 @@ from mainrag.retrieval import Retriever
 from mainrag.threshold import Decision, decide
 
 T = TypeVar("T")
+logger = logging.getLogger("mainrag")
 DocumentsIn = Iterable[Document | str | Mapping[str, Any]]
 
 
@@ -33,11 +36,6 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = round(time.perf_counter() - start, 4)
-
-
-async def _gather(coros: Iterable[Any]) -> list[Any]:
-    """All results, exceptions in place of failed calls (one failure must not sink the rest)."""
-    return list(await asyncio.gather(*coros, return_exceptions=True))
 
 
 def _error(exc: BaseException) -> str:
@@ -84,7 +82,9 @@ class MainRAG:
             max_tokens=s.final_max_tokens, max_doc_chars=s.max_doc_chars,
         )
         self.judges: list[Judge] = list(judges) if judges else self._make_judges()  # type: ignore[arg-type]
-        self._runner: asyncio.Runner | None = None
+        self._sync_lock = threading.Lock()
+        self._sync_loop: asyncio.AbstractEventLoop | None = None
+        self._sync_thread: threading.Thread | None = None
 
     def _backend(self, cfg: BackendSettings) -> Backend:
         """One backend per distinct settings block, shared by the agents that use it."""
@@ -102,7 +102,9 @@ class MainRAG:
             layout = (spec.layout if spec else None) or s.layout
             prompt = (spec.prompt if spec else None) or judge_template_name(layout, with_answer=not s.judge_only)
             name = (spec.name if spec else None) or (backend.name if len(specs) == 1 else f"judge-{i}")
-            judges.append(Judge(name, backend, load_template(prompt), max_doc_chars=s.max_doc_chars))
+            judges.append(
+                Judge(name, backend, load_template(prompt), max_doc_chars=s.max_doc_chars, predictor=self.predictor.template)
+            )
         if len({j.name for j in judges}) != len(judges):
             raise MainRAGError("judge names must be unique; set `name` on each judge")
         return judges
@@ -110,21 +112,34 @@ class MainRAG:
     # -- the pipeline -------------------------------------------------------
 
     async def filter(self, query: str, documents: DocumentsIn) -> FilterResult:
-        """Score every candidate and keep those at or above the judge bar."""
+        """Score every candidate and keep those at or above the judge bar,
+        within ``settings.deadline`` seconds."""
         query = _check_query(query)
         docs = as_documents(documents)
         if not docs:
             raise InputError("no documents to filter; pass at least one candidate")
+        deadline = self.settings.deadline
+        try:
+            async with asyncio.timeout(deadline):
+                return await self._filter(query, docs)
+        except TimeoutError:
+            raise BackendError(
+                f"filter() ran past its deadline of {deadline:g} s on {len(docs)} documents; "
+                "raise `deadline` or check the backend"
+            ) from None
+
+    async def _filter(self, query: str, docs: list[Document]) -> FilterResult:
         timings: dict[str, float] = {}
-        usage = Usage()
+        stages = {"predict": Usage(), "judge": Usage()}
         with _timed(timings, "total"):
             with _timed(timings, "predict"):
-                answers = await self._predict(query, docs, usage)
+                answers = await self._predict(query, docs, stages["predict"])
             with _timed(timings, "judge"):
-                verdicts = await _gather(self._judge_all(j, query, docs, answers, usage) for j in self.judges)
+                verdicts = await asyncio.gather(*(self._judge_all(j, query, docs, answers, stages["judge"]) for j in self.judges))
             with _timed(timings, "bar"):
                 result = self._decide(query, docs, answers, verdicts)
-        result.timings, result.usage = timings, usage
+        result.timings, result.stages = timings, stages
+        result.usage = stages["predict"] + stages["judge"]
         return result
 
     async def answer(self, query: str, documents: DocumentsIn | None = None) -> AnswerResult:
@@ -141,33 +156,31 @@ class MainRAG:
             kept = [Document(id=d.id, text=d.text, title=d.title) for d in filtered.kept]
             with _timed(timings, "final"):
                 gen = await self.final_predictor.answer(query, kept)
-        usage = filtered.usage + Usage(calls=1, prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens)
+        final = Usage()
+        final.add(gen.prompt_tokens, gen.completion_tokens, gen.evaluated_tokens)
         return AnswerResult(
             query=query, answer=gen.text, citations=[d.id for d in kept],
-            filter=filtered, timings={**filtered.timings, **timings}, usage=usage,
+            filter=filtered, timings={**filtered.timings, **timings}, usage=filtered.usage + final,
+            stages={**filtered.stages, "final": final},
         )
 
-    async def _predict(self, query: str, docs: list[Document], usage: Usage) -> list[str | BaseException | None]:
+    async def _predict(self, query: str, docs: list[Document], usage: Usage) -> list[Answer]:
         if self.settings.judge_only:
             return [None] * len(docs)
-        gens = await _gather(self.predictor.predict(query, d) for d in docs)
+        gens = await self.predictor.predict_many(query, docs)
         for g in gens:
             if isinstance(g, Generation):
-                usage.add(g.prompt_tokens, g.completion_tokens)
+                usage.add(g.prompt_tokens, g.completion_tokens, g.evaluated_tokens)
         return [g.text if isinstance(g, Generation) else g for g in gens]
 
     async def _judge_all(
-        self, judge: Judge, query: str, docs: list[Document],
-        answers: list[str | BaseException | None], usage: Usage,
+        self, judge: Judge, query: str, docs: list[Document], answers: list[Answer], usage: Usage
     ) -> list[Judgement | BaseException]:
-        async def one(doc: Document, answer: str | BaseException | None) -> Judgement:
-            if isinstance(answer, BaseException):  # no answer to judge: the document is unscored
-                raise MainRAGError(f"predictor failed: {_error(answer)}") from answer
-            verdict = await judge.score(query, doc, answer)
-            usage.add(verdict.prompt_tokens, 1)
-            return verdict
-
-        return await _gather(one(d, a) for d, a in zip(docs, answers, strict=True))
+        verdicts = await judge.score_many(query, docs, answers)
+        for v in verdicts:
+            if isinstance(v, Judgement):
+                usage.add(v.prompt_tokens, 1, v.evaluated_tokens)
+        return verdicts
 
     def _decide(
         self, query: str, docs: list[Document], answers: list[str | BaseException | None],
@@ -176,8 +189,15 @@ class MainRAG:
         matrix = np.array(
             [[v.log_odds if isinstance(v, Judgement) else np.nan for v in per_judge] for per_judge in verdicts]
         ).T  # documents x judges
+        warnings = self._censored(verdicts)
         if np.isnan(matrix).all():
-            first = next(v for per_judge in verdicts for v in per_judge if isinstance(v, BaseException))
+            first = next((v for per_judge in verdicts for v in per_judge if isinstance(v, BaseException)), None)
+            if first is None:
+                raise JudgeError(
+                    "no judgement of this query has a score: Yes and No were both missing from every reply's "
+                    "log-probabilities (censored); raise `top_logprobs`, or let the server give exact label "
+                    "log-probabilities (`yes_no_token_ids`)"
+                )
             root = first.__cause__ or first
             if isinstance(root, BackendError):  # e.g. the server is down: say so, not "judges failed"
                 raise BackendError(str(root)) from None
@@ -192,7 +212,32 @@ class MainRAG:
         return FilterResult(
             query=query, kept=kept, dropped=[d for d in scored if not d.kept], bar=decision.bar,
             judges=[j.name for j in self.judges], failed_judgements={k: v for k, v in failed.items() if v},
+            warnings=warnings,
         )
+
+    def _censored(self, verdicts: list[list[Judgement | BaseException]]) -> list[str]:
+        """The mostly-censored policy of each judge's backend settings."""
+        warnings = []
+        for judge, per_judge in zip(self.judges, verdicts, strict=True):
+            scored = [v for v in per_judge if isinstance(v, Judgement)]
+            censored = sum(v.censored for v in scored)
+            cfg = self._judge_backend_settings(judge)
+            if not scored or censored / len(scored) <= cfg.max_censored_fraction or cfg.on_censored == "ignore":
+                continue
+            message = (
+                f"judge {judge.name}: {censored} of {len(scored)} judgements censored (a label outside the "
+                "returned log-probabilities): their scores are bounds; raise `top_logprobs`"
+            )
+            if cfg.on_censored == "fail":
+                raise JudgeError(message)
+            logger.warning(message)
+            warnings.append(message)
+        return warnings
+
+    def _judge_backend_settings(self, judge: Judge) -> BackendSettings:
+        s = self.settings
+        spec = next((j for j in s.judges if j.name == judge.name), None)
+        return spec.backend if spec is not None and spec.backend is not None else s.backend
 
     def _scored(
         self, i: int, doc: Document, answer: str | BaseException | None,
@@ -215,16 +260,21 @@ class MainRAG:
     # -- sync convenience and lifecycle -------------------------------------
 
     def _run(self, coro: Any) -> Any:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
+        """Run a coroutine on this instance's own event loop, in its own
+        thread: safe from many threads at once (LangChain's sync ``batch``
+        calls from a thread pool) and from inside a running loop (Jupyter),
+        and one loop for every sync call, so HTTP clients stay valid."""
+        with self._sync_lock:
+            if self._sync_loop is None:
+                self._sync_loop = asyncio.new_event_loop()
+                thread = threading.Thread(target=self._sync_loop.run_forever, name="mainrag-sync", daemon=True)
+                thread.start()
+                self._sync_thread = thread
+            loop = self._sync_loop
+        if self._sync_thread is threading.current_thread():
             coro.close()
-            raise MainRAGError("an event loop is running: use `await rag.filter(...)`/`await rag.answer(...)`")
-        if self._runner is None:  # one loop for all sync calls: HTTP clients stay valid
-            self._runner = asyncio.Runner()
-        return self._runner.run(coro)
+            raise MainRAGError("filter_sync()/answer_sync() called from mainrag's own loop: await the async API")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
     def filter_sync(self, query: str, documents: DocumentsIn) -> FilterResult:
         return self._run(self.filter(query, documents))
@@ -238,10 +288,17 @@ class MainRAG:
         await asyncio.gather(*(b.aclose() for b in backends.values()))
 
     def close(self) -> None:
-        if self._runner is not None:
-            self._runner.run(self.aclose())
-            self._runner.close()
-            self._runner = None
+        """Close the backends and stop the sync API's loop (if it was used)."""
+        with self._sync_lock:
+            loop, thread, self._sync_loop, self._sync_thread = self._sync_loop, self._sync_thread, None, None
+        if loop is None or thread is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self.aclose(), loop).result()
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
 
     async def __aenter__(self) -> Self:
         return self

@@ -25,7 +25,7 @@ from mainrag.backends.base import Message, Prompt
 from mainrag.documents import Document
 from mainrag.errors import ConfigError
 
-Layout = Literal["paper", "prefix"]
+Layout = Literal["paper", "prefix", "conversation"]
 
 _PACKAGE = Path(__file__).resolve().parent
 # Installed wheel: mainrag/_prompts; source checkout: <repo>/prompts.
@@ -69,11 +69,17 @@ _SPECIAL = re.compile(
 
 
 class PromptTemplate(BaseModel):
-    """A system and a user template; ``source`` names the file for reports."""
+    """A system and a user template; ``source`` names the file for reports.
 
-    system: str
+    A template that ``continues`` another (the Judge of the conversation
+    layout continues the Predictor's) is one more user turn after that
+    template's prompt and the model's reply: it has no system message.
+    """
+
+    system: str = ""
     user: str
     source: str
+    continues: str | None = None
 
     def render(self, **fields: str) -> Prompt:
         try:
@@ -93,12 +99,20 @@ def load_template(name_or_path: str | Path) -> PromptTemplate:
         raise ConfigError(f"prompt template {path} not found; pass a TOML file with system and user")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-        return PromptTemplate(system=data["system"], user=data["user"], source=str(path))
+        if "continues" not in data and "system" not in data:
+            raise KeyError("system")
+        return PromptTemplate(
+            system=data.get("system", ""), user=data["user"], source=str(path), continues=data.get("continues")
+        )
     except (tomllib.TOMLDecodeError, KeyError) as exc:
         raise ConfigError(f"prompt template {path} is invalid: {exc}") from None
 
 
 def judge_template_name(layout: Layout, *, with_answer: bool) -> str:
+    """The built-in Judge template of a layout. Without an answer there is no
+    conversation to continue: that layout then judges in the paper's order."""
+    if layout == "conversation":
+        return "judge_conversation" if with_answer else "judge_only"
     base = "judge" if with_answer else "judge_only"
     return base if layout == "paper" else f"{base}_prefix"
 

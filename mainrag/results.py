@@ -10,21 +10,26 @@ from mainrag.threshold import Bar
 
 
 class Usage(BaseModel):
-    """LLM calls and tokens spent."""
+    """LLM calls and tokens spent: prompt tokens sent, and of those the ones
+    the model actually computed (``evaluated_tokens``: the rest came from a
+    KV or prefix cache; a backend that cannot tell counts them all)."""
 
     calls: int = 0
     prompt_tokens: int = 0
+    evaluated_tokens: int = 0
     completion_tokens: int = 0
 
-    def add(self, prompt_tokens: int, completion_tokens: int = 0) -> None:
+    def add(self, prompt_tokens: int, completion_tokens: int = 0, evaluated_tokens: int | None = None) -> None:
         self.calls += 1
         self.prompt_tokens += prompt_tokens
+        self.evaluated_tokens += prompt_tokens if evaluated_tokens is None else evaluated_tokens
         self.completion_tokens += completion_tokens
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
             calls=self.calls + other.calls,
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            evaluated_tokens=self.evaluated_tokens + other.evaluated_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
         )
 
@@ -67,8 +72,10 @@ class FilterResult(BaseModel):
     bar: Bar
     judges: list[str]
     failed_judgements: dict[str, int] = Field(default_factory=dict)  # judge -> documents it failed on
+    warnings: list[str] = Field(default_factory=list)  # e.g. a judge whose scores are mostly censored
     timings: dict[str, float] = Field(default_factory=dict)  # seconds per stage
     usage: Usage = Field(default_factory=Usage)
+    stages: dict[str, Usage] = Field(default_factory=dict)  # predict, judge: tokens per stage
 
 
 class AnswerResult(BaseModel):
@@ -80,3 +87,4 @@ class AnswerResult(BaseModel):
     filter: FilterResult
     timings: dict[str, float] = Field(default_factory=dict)
     usage: Usage = Field(default_factory=Usage)
+    stages: dict[str, Usage] = Field(default_factory=dict)  # predict, judge, final

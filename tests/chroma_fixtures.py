@@ -23,8 +23,9 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from needs import need_module
 
-pytest.importorskip("chromadb", reason="needs mainrag[chroma]")
+need_module("chromadb", "chroma")  # every Chroma test fails without it, naming the install command
 
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
@@ -55,7 +56,8 @@ def chroma_cli() -> str:
     beside = Path(sys.executable).with_name("chroma")
     found = str(beside) if beside.is_file() else shutil.which("chroma")
     if not found:
-        pytest.skip("the `chroma` command of the chromadb package is not installed")
+        pytest.fail("the `chroma` command of the chromadb package is not installed; install the [chroma] extra: "
+                    ".venv/bin/pip install -e '.[chroma]'", pytrace=False)
     return found
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from needs import need_model, need_module
 
 from mainrag import models
 from mainrag.backends.base import Generation, Judgement, Prompt
@@ -199,7 +200,7 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path: Path, monkeyp
 
 
 def test_candidates_from_a_chroma_collection(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("chromadb")
+    need_module("chromadb", "chroma")
     from mainrag.chroma import ChromaStore
 
     store = ChromaStore(path=tmp_path / "chroma")
@@ -225,9 +226,7 @@ def test_candidates_from_a_chroma_collection(tmp_path: Path, monkeypatch: pytest
 
 
 def _needs_model() -> None:
-    pytest.importorskip("llama_cpp")
-    if models.installed().get("smollm2-135m") is None:
-        pytest.skip("smollm2-135m not installed: mainrag models install smollm2-135m")
+    need_model("smollm2-135m")  # a failure naming the install command, not a skip
     if not DATA.is_file():
         pytest.skip("shared data not present")
 
@@ -294,19 +293,29 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     with log.open("wb") as err:  # a file, not a pipe: nobody reads it while the run goes on
         proc = subprocess.Popen(bench_cmd(out), stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 1500
-    try:  # kill once the first item is written, mid-way through the second
-        while len(_lines(out / "items.jsonl")) < 1:
-            assert proc.poll() is None, log.read_text()
+
+    def unfinished_calls() -> list[str]:
+        """Cached calls of items not yet in items.jsonl: the run is mid-way through one."""
+        done = {r["key"] for r in _lines(out / "items.jsonl")}
+        return [c["key"] for c in _lines(out / "calls.jsonl") if c["key"].split("|", 1)[0] not in done]
+
+    try:  # kill once the first item is written and the next one has calls cached
+        while len(_lines(out / "items.jsonl")) < 1 or not unfinished_calls():
+            assert proc.poll() is None, f"the run ended before it could be killed mid-way: {log.read_text()}"
             assert time.monotonic() < deadline, "no item finished in time"
-            time.sleep(0.5)
-        time.sleep(2.0)
+            time.sleep(0.2)
+        # The kill must land while the run works: a kill after it finished would test nothing.
+        assert proc.poll() is None, "the run finished before the kill"
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    assert proc.returncode == -signal.SIGKILL
     before = _lines(out / "items.jsonl")
-    assert 1 <= len(before) <= 3
+    cached = unfinished_calls()
+    assert 1 <= len(before) < 3 and cached  # items left to do, one of them part-done
     resumed = subprocess.run(bench_cmd(out, "--resume"), check=False, capture_output=True, text=True, timeout=1500)
     assert resumed.returncode == 0, resumed.stderr
+    assert f"{3 - len(before)} item(s) finished now" in resumed.stdout  # the resume did the rest, not more
     after = read_items(out)
     keys = [r["key"] for r in _lines(out / "items.jsonl")]
     assert len(keys) == 3 and len(set(keys)) == 3  # every item exactly once

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,10 @@ from pathlib import Path
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "popqa_question.jsonl"
 
 
-def mainrag(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def mainrag(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "mainrag", *args], capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-m", "mainrag", *args], capture_output=True, text=True, timeout=timeout, check=False,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -50,3 +52,40 @@ def test_user_mistakes_give_one_line_and_an_exit_code(tmp_path: Path) -> None:
         assert r.returncode == code, (args, r.stdout, r.stderr)
         assert message in r.stderr, (args, r.stderr)
         assert "Traceback" not in r.stderr
+
+
+def test_bad_input_files_exit_2_naming_file_line_and_problem(tmp_path: Path) -> None:
+    cases = {
+        "utf8.jsonl": (b'{"id": "a", "text": "fine"}\n{"id": "b", "text": "caf\xe9"}\n', "utf8.jsonl:2: not valid UTF-8"),
+        "ctxs.jsonl": (b'{"question": "q", "ctxs": null}\n', "ctxs.jsonl:1: 'ctxs' is null"),
+        "text.jsonl": (b'{"id": "a", "text": null}\n', "text.jsonl:1: 'text' is null"),
+        "meta.jsonl": (b'{"id": "a", "text": "t", "metadata": [1]}\n', "meta.jsonl:1: 'metadata' is a list"),
+        "dup.jsonl": (b'{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', "duplicate document id 'a' at line 2"),
+        "empty.jsonl": (b'{"id": "a", "text": "  "}\n', "empty.jsonl:1: the passage is empty"),
+        # The message quotes the file's keys: rich markup and escapes in them print as text.
+        "keys.jsonl": (b'{"[/]": 1, "\\u001b[2J": 2}\n', "got keys ['\\x1b[2J', '[/]']"),
+    }
+    for name, (raw, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(raw)
+        r = mainrag("filter", str(path), "--query", "q", "--model", "smollm2-135m", timeout=120)
+        assert r.returncode == 2, (name, r.stdout, r.stderr)
+        assert message in " ".join(r.stderr.split()), (name, r.stderr)
+        assert "Traceback" not in r.stderr and "\x1b" not in r.stderr, (name, r.stderr)
+
+
+def test_markup_and_escapes_in_documents_print_as_text(tmp_path: Path) -> None:
+    rows = [
+        {"id": "[/]", "title": "\x1b[31mRed\x1b[0m [bold]title[/]", "text": "Paris [/] is \x1b]0;pwned\x07 in France."},
+        {"id": "b[red]", "text": "Lyon [link=http://x]is[/link] a city \x1b[2J in France. :smile:"},
+    ]
+    path = tmp_path / "markup.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = mainrag("answer", str(path), "--query", "Where is Paris?", "--model", "smollm2-135m", "--judge-only",
+                env={"COLUMNS": "300"})  # wide enough that no cell wraps
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert "\x1b" not in r.stdout and "\x07" not in r.stdout  # no escape reaches the terminal
+    table = " ".join(r.stdout.split())
+    assert "[/]" in table and "b[red]" in table and "Red [bold]title[/]" in table and ":smile:" in table
+    assert "Answer:" in r.stdout and "cited:" in r.stdout

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mainrag import InputError, JudgeSettings, MainRAG
-from mainrag.documents import load_documents
+from mainrag import AnswerResult, InputError, JudgeSettings, MainRAG
+from mainrag.backends.base import Prompt
+from mainrag.documents import Document, load_documents
+from mainrag.prompts import fence, fenced_documents
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "popqa_question.jsonl"
 TINY = {"kind": "local", "model": "smollm2-135m", "n_ctx": 2048}
@@ -62,12 +64,42 @@ async def test_two_judges_vote_and_report_each_score(candidates: tuple[str, list
     assert all(d.votes >= 1 for d in result.kept)  # quorum: 1 of 2 judges
 
 
-async def test_answer_cites_the_kept_documents(candidates: tuple[str, list]) -> None:
+def record_generations(rag: MainRAG, monkeypatch: pytest.MonkeyPatch) -> list[Prompt]:
+    """Every prompt the backend is asked to generate from (the real model still answers)."""
+    prompts: list[Prompt] = []
+    real = rag.backend.generate
+
+    async def recording(prompt: Prompt, *, max_tokens: int):  # type: ignore[no-untyped-def]
+        prompts.append(prompt)
+        return await real(prompt, max_tokens=max_tokens)
+
+    monkeypatch.setattr(rag.backend, "generate", recording)
+    return prompts
+
+
+def check_citations(result: AnswerResult, candidates: list[Document], prompts: list[Prompt], max_doc_chars: int) -> None:
+    """The answer came from the kept documents, and only from them: the Final-Predictor's
+    prompt holds exactly the cited documents, numbered in citation order ([i] = citations[i-1]),
+    and no dropped one. (``citations == kept ids`` alone is true by construction.)"""
+    finals = [p[-1].content for p in prompts if "Document [1]: <document>" in p[-1].content]
+    assert len(finals) == 1, "one Final-Predictor prompt"
+    by_id = {d.id: d for d in candidates}
+    kept_ids = [d.id for d in result.filter.kept]
+    assert result.citations == kept_ids and result.citations and set(kept_ids) <= set(by_id)
+    assert fenced_documents([by_id[i] for i in result.citations], max_doc_chars) in finals[0]
+    assert finals[0].count("<document>") == len(result.citations)
+    for dropped in result.filter.dropped:
+        assert fence(by_id[dropped.id].content, max_doc_chars) not in finals[0]
+
+
+async def test_answer_cites_the_kept_documents(candidates: tuple[str, list], monkeypatch: pytest.MonkeyPatch) -> None:
     question, docs = candidates
     async with MainRAG(backend=TINY) as rag:
+        prompts = record_generations(rag, monkeypatch)
         result = await rag.answer(question, docs)
     assert result.answer.strip()
-    assert result.citations == [d.id for d in result.filter.kept]
+    assert result.filter.dropped, "a dropped document, or its absence from the prompt proves nothing"
+    check_citations(result, docs, prompts, rag.settings.max_doc_chars)
     assert result.usage.calls == result.filter.usage.calls + 1
 
 

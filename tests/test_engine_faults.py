@@ -6,6 +6,7 @@ on demand are the one thing the real vLLM server cannot give.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from fake_openai import FakeServer, Reply, top_logprobs_reply
 
 from mainrag import BackendError, JudgeSettings, MainRAG
+from mainrag.backends.base import Judgement
+from mainrag.errors import MainRAGError
 from mainrag.prompts import judge_template_name, load_template
 
 DOCS = [
@@ -105,3 +108,134 @@ def test_one_instance_serves_sync_and_async_callers(servers: Any) -> None:
         assert first.kept[0].id == second.kept[0].id == third.kept[0].id == "paris"
     finally:
         rag.close()
+
+
+# --------------------------------------------------------------------------
+# Censored judgements, cancellation and bugs, through filter()
+# --------------------------------------------------------------------------
+
+
+def chatty(path: str, body: dict[str, Any]) -> Reply | None:
+    """Yes for Paris, No for Lyon, and neither label at all for the rest (a chatty first token)."""
+    if path != "/v1/chat/completions" or not body.get("logprobs"):
+        return None
+    text = user_text(body).split("<document>", 1)[1].split("</document>", 1)[0]
+    if "Paris" in text:
+        return Reply(body=top_logprobs_reply([("Yes", math.log(0.9)), ("No", math.log(0.1))]))
+    if "Lyon" in text:
+        return Reply(body=top_logprobs_reply([("No", math.log(0.9)), ("Yes", math.log(0.1))]))
+    return Reply(body=top_logprobs_reply([("The", -0.4), ("Based", -1.6), ("I", -2.5)]))
+
+
+async def test_replies_without_a_label_are_flagged_and_not_kept_by_a_tie() -> None:
+    server = FakeServer(chatty).start()
+    docs = [{"id": "paris", "text": "Paris is the capital of France."}, {"id": "lyon", "text": "Lyon is in France."},
+            {"id": "a", "text": "Some text."}, {"id": "b", "text": "Other text."}]
+    try:
+        async with MainRAG(backend=backend(server.url) | {"yes_no_token_ids": False}, judge_only=True) as rag:
+            result = await rag.filter("What is the capital of France?", docs)
+    finally:
+        server.stop()
+    by_id = {d.id: d for d in result.kept + result.dropped}
+    # They used to score exactly 0, above the bar of mean 0 with Lyon below: kept.
+    assert [d.id for d in result.kept] == ["paris"]
+    for doc_id in ("a", "b"):
+        (verdict,) = by_id[doc_id].judges.values()
+        assert verdict.censored and by_id[doc_id].censored and by_id[doc_id].score is None
+        assert verdict.score is None or math.isnan(verdict.score)  # unknown, never a fake 0
+
+
+async def test_cancelling_filter_stops_its_requests_and_leaves_it_usable() -> None:
+    server = FakeServer(scorer(None)).start()
+    docs = DOCS[:2]
+    try:
+        async with MainRAG(backend=backend(server.url) | {"yes_no_token_ids": False}, judge_only=True) as rag:
+            server.push("/v1/chat/completions", Reply(delay=30), Reply(delay=30))
+            task = asyncio.create_task(rag.filter("What is the capital of France?", docs))
+            assert await asyncio.to_thread(server.wait_for, lambda: server.active == 2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await asyncio.to_thread(server.wait_for, lambda: server.disconnects == 2)
+            result = await asyncio.wait_for(rag.filter("What is the capital of France?", docs), 5)
+    finally:
+        server.stop()
+    assert result.kept[0].id == "paris"
+
+
+class _BuggyBackend:
+    """A backend with a bug on one document: a TypeError, not a server fault."""
+
+    name = "buggy"
+
+    async def generate(self, prompt: Any, *, max_tokens: int) -> Any:
+        raise AssertionError("judge_only: not called")
+
+    async def judge(self, prompt: Any) -> Judgement:
+        if "Lyon" in prompt[-1].content:
+            raise TypeError("unsupported operand type(s)")
+        return Judgement(log_odds=1.0, logprob_yes=-0.3, logprob_no=-1.3)
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_programming_error_in_a_backend_surfaces() -> None:
+    async with MainRAG(backend=_BuggyBackend(), judge_only=True) as rag:  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="unsupported operand"):
+            await rag.filter("q", DOCS[:2])
+
+
+async def test_a_query_with_no_label_anywhere_is_a_clear_error() -> None:
+    server = FakeServer(chatty).start()
+    try:
+        async with MainRAG(backend=backend(server.url) | {"yes_no_token_ids": False}, judge_only=True) as rag:
+            with pytest.raises(MainRAGError, match="censored"):
+                await rag.filter("q", [{"id": "a", "text": "Some text."}, {"id": "b", "text": "Other."}])
+    finally:
+        server.stop()
+
+
+def half_censored(path: str, body: dict[str, Any]) -> Reply | None:
+    """A label is missing from the top log-probabilities for every document but Paris."""
+    if path != "/v1/chat/completions" or not body.get("logprobs"):
+        return None
+    if "Paris" in user_text(body):
+        return Reply(body=top_logprobs_reply([("Yes", math.log(0.9)), ("No", math.log(0.1))]))
+    return Reply(body=top_logprobs_reply([("No", math.log(0.6)), ("Maybe", math.log(0.3))]))
+
+
+@pytest.mark.parametrize("policy", ["warn", "fail", "ignore"])
+async def test_a_mostly_censored_query_warns_or_fails_as_configured(policy: str) -> None:
+    server = FakeServer(half_censored).start()
+    cfg = backend(server.url) | {"yes_no_token_ids": False, "on_censored": policy, "max_censored_fraction": 0.5}
+    try:
+        async with MainRAG(backend=cfg, judge_only=True) as rag:
+            if policy == "fail":
+                with pytest.raises(MainRAGError, match="3 of 4 judgements censored"):
+                    await rag.filter("q", DOCS)
+                return
+            result = await rag.filter("q", DOCS)
+    finally:
+        server.stop()
+    censored = [d for d in result.kept + result.dropped if d.censored]
+    assert len(censored) == 3  # flagged on each document, not silently equal to the rest
+    assert result.kept[0].id == "paris"
+    assert bool(result.warnings) == (policy == "warn")
+    if policy == "warn":
+        assert "3 of 4 judgements censored" in result.warnings[0]
+
+
+async def test_a_hung_server_fails_within_the_filter_deadline() -> None:
+    server = FakeServer(scorer(None)).start()
+    try:
+        async with MainRAG(backend=backend(server.url) | {"timeout": 60, "yes_no_token_ids": False},
+                           judge_only=True, deadline=1.0) as rag:  # fmt: skip
+            server.push("/v1/chat/completions", *[Reply(delay=30)] * 4)
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            with pytest.raises(BackendError, match="deadline of 1 s"):
+                await rag.filter("q", DOCS)
+            assert loop.time() - start < 5
+    finally:
+        server.stop()

@@ -16,7 +16,8 @@ import pytest
 from fake_openai import FakeServer, Reply
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_llamacpp import NO_LLAMA_CPP, NO_LLAMA_CPP_REASON, small_backend
+from needs import need_module
+from test_llamacpp import small_backend
 
 from mainrag import MainRAG
 from mainrag.agents import Judge
@@ -214,8 +215,7 @@ async def test_http_requests_carry_no_special_tokens_from_untrusted_text(layout:
 
 @pytest.fixture(scope="module")
 async def small() -> AsyncIterator[LlamaCppBackend]:
-    if NO_LLAMA_CPP:
-        pytest.skip(NO_LLAMA_CPP_REASON)
+    need_module("llama_cpp", "local")  # fails, naming the install command: never a silent skip
     backend = small_backend()
     yield backend
     await backend.aclose()

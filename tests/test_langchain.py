@@ -9,9 +9,10 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from needs import need_module
 
-pytest.importorskip("langchain_core", reason="needs mainrag[langchain]")
-pytest.importorskip("langchain_chroma", reason="needs mainrag[langchain]")
+need_module("langchain_core", "langchain")  # fails without the extra, naming the install command
+need_module("langchain_chroma", "langchain")
 
 from chroma_fixtures import CORPUS
 from langchain_chroma import Chroma
@@ -61,7 +62,7 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> ChromaRetriever:
     return ChromaRetriever("corpus", store=store)
 
 
-def check_kept(docs: list[LCDocument], rag: MainRAG, candidates: set[str], *, with_answers: bool = True) -> None:
+def check_kept(docs: list[LCDocument], rag: MainRAG, candidates: set[str]) -> None:
     """Kept documents: from the candidates, best first, every score in metadata."""
     assert docs, "the bar keeps at least one document (min_keep=1)"
     assert {d.id for d in docs} <= candidates
@@ -72,7 +73,10 @@ def check_kept(docs: list[LCDocument], rag: MainRAG, candidates: set[str], *, wi
         assert set(d.metadata["judge_scores"]) == {j.name for j in rag.judges}
         assert all(isinstance(s, float) for s in d.metadata["judge_scores"].values())
         assert 1 <= d.metadata["retriever_rank"] <= K
-        assert isinstance(d.metadata["predicted_answer"], str) if with_answers else True
+        if rag.settings.judge_only:  # no Predictor ran
+            assert d.metadata["predicted_answer"] is None
+        else:
+            assert isinstance(d.metadata["predicted_answer"], str)
         assert d.page_content and d.metadata["title"]
 
 
@@ -109,10 +113,11 @@ def test_callbacks_reach_the_base_retriever_as_a_child_run(rag: MainRAG, vectors
     retriever = MainRAGRetriever(rag=judge_only, base_retriever=vectorstore.as_retriever(search_kwargs={"k": K}))
     handler = RetrieverRuns()
     try:
-        retriever.invoke(QUESTION, {"callbacks": [handler]})
+        docs = retriever.invoke(QUESTION, {"callbacks": [handler]})
     finally:
         judge_only.close()
     check_child_run(handler)
+    check_kept(docs, judge_only, {d.id for d in vectorstore.similarity_search(QUESTION, k=K)})  # no answers
 
 
 async def test_callbacks_reach_the_base_retriever_as_a_child_run_async(rag: MainRAG, vectorstore: Chroma) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import importlib.util
 import json
 import math
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from needs import need_module
 
 from mainrag.backends.base import Backend, Message, Prompt
 from mainrag.backends.llamacpp import LlamaCppBackend
@@ -27,9 +27,6 @@ from mainrag.metrics import roc_auc
 from mainrag.prompts import Layout, fence, judge_template_name, load_template
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
-NO_LLAMA_CPP = importlib.util.find_spec("llama_cpp") is None
-NO_LLAMA_CPP_REASON = "needs the [local] extra: pip install 'mainrag[local]' (llama-cpp-python)"
-requires_llama_cpp = pytest.mark.skipif(NO_LLAMA_CPP, reason=NO_LLAMA_CPP_REASON)
 DEFAULT_LAYOUT: Layout = Settings.model_fields["layout"].default
 MAX_DOC_CHARS = 100_000  # no character cut here: the backend's own truncation is under test
 
@@ -73,10 +70,9 @@ def small_backend(*, prefix_reuse: bool = True) -> LlamaCppBackend:
 
 @pytest.fixture(scope="module")
 async def small() -> AsyncIterator[LlamaCppBackend]:
-    # A missing model fails loudly (ModelNotInstalledError names the install
-    # command): CI installs all presets, so a skip would hide a broken install.
-    if NO_LLAMA_CPP:
-        pytest.skip(NO_LLAMA_CPP_REASON)
+    # A missing extra or model fails loudly (need_module and ModelNotInstalledError
+    # name the install command): CI installs all presets, so a skip would hide a broken install.
+    need_module("llama_cpp", "local")
     backend = small_backend()
     yield backend
     await backend.aclose()
@@ -148,6 +144,7 @@ async def test_concurrent_matches_sequential(small: LlamaCppBackend) -> None:
 
 
 async def test_two_backends_share_one_model(small: LlamaCppBackend) -> None:
+    before = await small.judge(PROMPT_B)
     other = small_backend()
     try:
         assert other._loaded is small._loaded
@@ -156,7 +153,8 @@ async def test_two_backends_share_one_model(small: LlamaCppBackend) -> None:
         )
     finally:
         await other.aclose()
-    assert (await small.judge(PROMPT_B)) is not None  # still open for the first owner
+    # Still open for the first owner, and still the same model: the same score as before.
+    assert (await small.judge(PROMPT_B)).log_odds == pytest.approx(before.log_odds, abs=1e-4)
 
 
 async def test_document_longer_than_context_is_truncated(small: LlamaCppBackend) -> None:
@@ -196,8 +194,8 @@ async def test_missing_model_path() -> None:
         LlamaCppBackend("no-such-preset")
 
 
-@requires_llama_cpp
 async def test_closed_backend_refuses() -> None:
+    need_module("llama_cpp", "local")
     backend = LlamaCppBackend("smollm2-135m", n_ctx=512)
     await backend.aclose()
     await backend.aclose()  # idempotent
@@ -241,8 +239,7 @@ def _read_jsonl(path: Path, n: int) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 async def qwen15() -> AsyncIterator[LlamaCppBackend]:
-    if NO_LLAMA_CPP:
-        pytest.skip(NO_LLAMA_CPP_REASON)
+    need_module("llama_cpp", "local")
     backend = LlamaCppBackend("qwen2.5-1.5b")
     yield backend
     await backend.aclose()
@@ -293,7 +290,12 @@ async def test_popqa_per_question_auc(qwen15: LlamaCppBackend) -> None:
         f"\n[PopQA] {qwen15.name} {DEFAULT_LAYOUT} layout: per-question AUC {judge_auc:.3f} vs retriever order {retr_auc:.3f} "
         f"over {len(judge_aucs)} questions, {per:.2f} s/judgement"
     )
-    assert math.isfinite(judge_auc)
+    # The judge must rank passages well above chance on these questions: the judge-only
+    # paper-layout prompt measured 0.801 on the first 10 PopQA questions (benchmarks/RESULTS.md,
+    # judge layouts), the retriever's order 0.806; 0.70 leaves room for the label computed
+    # here from the text alone, and a broken prompt or score (chance: 0.5) fails.
+    assert len(judge_aucs) >= 5, "too few questions with both labels to measure a ranking"
+    assert judge_auc >= 0.70
 
 
 @pytest.mark.slow

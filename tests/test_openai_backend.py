@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fake_openai import DEFAULT_TEXT, FakeServer, Reply, top_logprobs_reply
+from fake_openai import DEFAULT_TEXT, FakeServer, Reply, dead_url, fast_backend, tokenizer, top_logprobs_reply
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -129,19 +128,7 @@ def test_score_logits_shift_invariant_and_consistent_with_top(values: list[float
 
 
 
-def dead_url() -> str:
-    """A loopback port with nothing listening."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
-
-
-def fast(url: str | list[str], **kwargs: Any) -> OpenAICompatibleBackend:
-    """A backend with short backoff so fault tests run quickly."""
-    options: dict[str, Any] = {"backoff": 0.01, "max_backoff": 0.05, "timeout": 5.0, "connect_timeout": 2.0}
-    return OpenAICompatibleBackend("fake-model", url, **(options | kwargs))
-
+fast = fast_backend
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -191,11 +178,9 @@ async def test_judge_request_and_fallback_scoring(fake: FakeServer) -> None:
 
 
 async def test_exact_label_ids_via_tokenize(fake: FakeServer) -> None:
-    vocab = {"Yes": 10, " Yes": 11, "yes": 12, " yes": 13, "YES": 14, " YES": 15,
-             "No": 20, " No": 21, "no": 22, " no": 23, "NO": 24}  # " NO" is two tokens here
-    for text in scoring.YES_VARIANTS + scoring.NO_VARIANTS:
-        tokens = [vocab[text]] if text in vocab else [30, 24]
-        fake.push("/tokenize", Reply(body={"count": len(tokens), "max_model_len": 2048, "tokens": tokens}))
+    vocab = {"Yes": [10], " Yes": [11], "yes": [12], " yes": [13], "YES": [14], " YES": [15],
+             "No": [20], " No": [21], "no": [22], " no": [23], "NO": [24], " NO": [30, 24]}  # two tokens
+    fake.responder = tokenizer(vocab)
     entries = [(f"token_id:{i}", math.log(0.05)) for i in range(10, 16)]
     entries += [(f"token_id:{i}", math.log(0.1)) for i in range(20, 25)]
     entries += [("token_id:99", math.log(0.01))]  # the sampled token, no label
@@ -214,8 +199,7 @@ async def test_exact_label_ids_via_tokenize(fake: FakeServer) -> None:
 
 
 async def test_server_rejecting_id_fields_falls_back(fake: FakeServer) -> None:
-    for i, _ in enumerate(scoring.YES_VARIANTS + scoring.NO_VARIANTS):
-        fake.push("/tokenize", Reply(body={"tokens": [100 + i]}))
+    fake.responder = tokenizer({t: [100 + i] for i, t in enumerate(scoring.YES_VARIANTS + scoring.NO_VARIANTS)})
     fake.push("/v1/chat/completions", Reply(400, {"error": {"message": "unknown field logprob_token_ids"}}))
     async with fast(fake.url) as backend:
         j = await backend.judge(PROMPT)
@@ -302,7 +286,7 @@ async def test_nothing_listening_fails_clearly_and_quickly() -> None:
         with pytest.raises(BackendError) as info:
             await backend.judge(PROMPT)
         elapsed = time.perf_counter() - start
-        assert backend.usage.retries == 2
+        assert backend.usage.retries == 1 + 2  # the /tokenize probe's one retry, then the judgement's two
     assert str(info.value) == f"cannot reach {url}: connection refused (3 attempts); is the server running?"
     assert elapsed < 10  # three refused connections and two short backoffs
     print(f"\n[openai] nothing listening: BackendError after {elapsed:.3f} s")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from chroma_fixtures import CORPUS, ChromaServer, FaultServer, HashingEmbedding, chroma_server, free_port  # noqa: F401
+from test_engine import check_citations, record_generations
 
 from mainrag.chroma import ChromaSettings, ChromaStore, StoreError
 from mainrag.config import Settings
@@ -201,17 +202,20 @@ def test_failing_server_is_a_store_error_and_the_token_is_sent_but_never_shown(
 # -- end to end: rag.answer(query) and `mainrag ask` ---------------------------
 
 
-def test_rag_answer_retrieves_filters_and_cites(store: ChromaStore) -> None:
+def test_rag_answer_retrieves_filters_and_cites(store: ChromaStore, monkeypatch: pytest.MonkeyPatch) -> None:
     retriever = ChromaRetriever("corpus", store=store)
     rag = MainRAG(Settings.load(backend={"kind": "local", "model": "smollm2-135m"}, top_k=3), retriever=retriever)
+    prompts = record_generations(rag, monkeypatch)
     try:
         result = rag.answer_sync(QUESTION)
     finally:
         rag.close()
     f = result.filter
+    retrieved = store.query("corpus", QUESTION, 3)
     assert len(f.kept) + len(f.dropped) == 3
-    assert {d.id for d in f.kept + f.dropped} == {d.id for d in store.query("corpus", QUESTION, 3)}
-    assert result.citations == [d.id for d in f.kept] and result.citations
+    assert {d.id for d in f.kept + f.dropped} == {d.id for d in retrieved}
+    # The answer was written from the cited (kept) passages and no other.
+    check_citations(result, retrieved, prompts, rag.settings.max_doc_chars)
     assert result.answer.strip()
     assert "retrieve" in result.timings
     assert all("retriever_score" in d.metadata for d in f.kept)

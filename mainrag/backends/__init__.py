@@ -5,6 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mainrag.backends.base import Backend, Generation, Judgement, Message, Prompt
+from mainrag.redact import protect_logs, register_url
+
+# Before any backend logs: its retry warnings and httpx's request lines show URLs.
+protect_logs()
 
 if TYPE_CHECKING:
     from mainrag.config import BackendSettings
@@ -17,13 +21,11 @@ def make_backend(settings: BackendSettings) -> Backend:
     if settings.kind == "local":
         from mainrag.backends.llamacpp import LlamaCppBackend
 
-        return LlamaCppBackend(settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads)
+        return LlamaCppBackend(
+            settings.model, n_ctx=settings.n_ctx, n_threads=settings.n_threads, n_kv=settings.n_kv
+        )
     from mainrag.backends.openai import OpenAICompatibleBackend
 
-    return OpenAICompatibleBackend(
-        settings.model,
-        settings.base_urls,
-        max_concurrency=settings.max_concurrency,
-        timeout=settings.timeout,
-        retries=settings.retries,
-    )
+    for url in settings.base_urls:  # its password is masked wherever the URL or its host shows up
+        register_url(url)
+    return OpenAICompatibleBackend.from_settings(settings)

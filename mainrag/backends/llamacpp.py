@@ -39,6 +39,7 @@ from numpy.typing import NDArray
 from mainrag import models
 from mainrag.backends import llamacpp_runtime
 from mainrag.backends.base import Generation, Judgement, Message, Prompt
+from mainrag.backends.llamacpp_batch import SequencePool, common_prefix
 from mainrag.errors import BackendError, ConfigError
 from mainrag.scoring import NO_VARIANTS, YES_VARIANTS, score_logits
 
@@ -88,6 +89,7 @@ class _LoadedModel:
     # Leading KV-cache tokens computed in canonical chunks (safe to reuse).
     canonical: int = 0
     anchors: dict[int, bool] = field(default_factory=dict)
+    pool: SequencePool | None = None  # the batched path's context, made on first use
 
     @property
     def n_ctx(self) -> int:
@@ -278,15 +280,6 @@ def _decode(llm: Llama, tokens: Sequence[int]) -> str:
     return llm.detokenize(list(tokens)).decode("utf-8", errors="ignore")
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _is_anchor(loaded: _LoadedModel, token: int) -> bool:
     """Whether a chunk may end after ``token``: it holds a newline."""
     anchor = loaded.anchors.get(token)
@@ -330,7 +323,7 @@ def _eval_reusing_prefix(loaded: _LoadedModel, tokens: list[int], *, reuse: bool
     limit = 0
     if reuse:
         cached = llm.input_ids[: llm.n_tokens].tolist()
-        limit = min(_common_prefix(cached, tokens), loaded.canonical, len(tokens) - 1)
+        limit = min(common_prefix(cached, tokens), loaded.canonical, len(tokens) - 1)
     keep = max(s for s in starts if s <= limit)
     # Llama.eval() removes KV cells from n_tokens onwards before decoding, so
     # moving n_tokens back is all the truncation needed.
@@ -356,7 +349,11 @@ def _last_logits(llm: Llama) -> NDArray[np.float64]:
 def _judge_sync(loaded: _LoadedModel, prompt: Prompt, reuse: bool) -> Judgement:
     tokens = _fit_prompt(loaded, prompt, budget=loaded.n_ctx)
     _eval_reusing_prefix(loaded, tokens, reuse=reuse)
-    score = score_logits(_last_logits(loaded.llm), loaded.yes_ids, loaded.no_ids)
+    return _judgement(loaded, _last_logits(loaded.llm), len(tokens), None)
+
+
+def _judgement(loaded: _LoadedModel, logits: NDArray[Any], prompt_tokens: int, evaluated: int | None) -> Judgement:
+    score = score_logits(np.asarray(logits, dtype=np.float64), loaded.yes_ids, loaded.no_ids)
     lp_yes, lp_no = score.logprob_yes, score.logprob_no
     if not (np.isfinite(lp_yes) and np.isfinite(lp_no)):
         raise BackendError(f"llama.cpp returned non-finite logits (log P(Yes)={lp_yes}, log P(No)={lp_no})")
@@ -365,7 +362,8 @@ def _judge_sync(loaded: _LoadedModel, prompt: Prompt, reuse: bool) -> Judgement:
         logprob_yes=lp_yes,
         logprob_no=lp_no,
         censored=False,
-        prompt_tokens=len(tokens),
+        prompt_tokens=prompt_tokens,
+        evaluated_tokens=evaluated,
     )
 
 
@@ -395,7 +393,60 @@ def _generate_sync(loaded: _LoadedModel, prompt: Prompt, max_tokens: int, reuse:
     )
 
 
+def _pool(loaded: _LoadedModel, n_kv: int) -> SequencePool:
+    if loaded.pool is None:
+        n_threads = int(loaded.llm.context_params.n_threads)
+        loaded.pool = SequencePool(loaded.llm, n_kv=max(n_kv, 2 * loaded.n_ctx), n_threads=n_threads)
+    return loaded.pool
+
+
+def _judge_many_sync(loaded: _LoadedModel, prompts: Sequence[Prompt], n_kv: int) -> list[Judgement]:
+    tokens = [_fit_prompt(loaded, p, budget=loaded.n_ctx) for p in prompts]
+    done = _pool(loaded, n_kv).evaluate(tokens)
+    return [_judgement(loaded, d.logits, len(t), d.evaluated) for d, t in zip(done, tokens, strict=True)]
+
+
+def _generate_many_sync(
+    loaded: _LoadedModel, prompts: Sequence[Prompt], max_tokens: int, n_kv: int
+) -> list[Generation]:
+    llm = loaded.llm
+    reserve = min(max_tokens, loaded.n_ctx // 2)
+    tokens = [_fit_prompt(loaded, p, budget=loaded.n_ctx - reserve - 1) for p in prompts]
+    vocab = llm._model.vocab
+    lib = llamacpp_runtime.import_llama_cpp()
+    outs = _pool(loaded, n_kv).generate(
+        tokens,
+        max_tokens=max_tokens,
+        is_eog=lambda t: bool(lib.llama_vocab_is_eog(vocab, t)),
+        stopped=lambda toks: any(s in _decode(llm, toks) for s in loaded.stop),
+    )
+    return [
+        Generation(
+            text=_answer_text(loaded, o.tokens),
+            prompt_tokens=o.prompt_tokens,
+            completion_tokens=len(o.tokens),
+            evaluated_tokens=o.evaluated,
+        )
+        for o in outs
+    ]
+
+
+def _answer_text(loaded: _LoadedModel, tokens: list[int]) -> str:
+    text = _decode(loaded.llm, tokens)
+    for stop in loaded.stop:
+        text = text.split(stop, 1)[0]
+    return text.strip()
+
+
+def _clear_sync(loaded: _LoadedModel) -> None:
+    if loaded.pool is not None:
+        loaded.pool.clear()
+    loaded.llm.n_tokens = loaded.canonical = 0  # and the one-at-a-time context's reuse
+
+
 def _close_sync(loaded: _LoadedModel) -> None:
+    if loaded.pool is not None:
+        loaded.pool.close()
     loaded.llm.close()
 
 
@@ -427,8 +478,10 @@ class LlamaCppBackend:
         seed: int = 0,
         verbose: bool = False,
         prefix_reuse: bool = True,
+        n_kv: int = 32768,
     ) -> None:
         path = models.resolve_model(model)
+        self._n_kv = n_kv
         self._label = model if model in models.PRESETS else path.stem
         self._reuse = prefix_reuse
         self._loaded: _LoadedModel | None = _acquire(
@@ -452,6 +505,28 @@ class LlamaCppBackend:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
         loaded = self._model()
         return await self._run(loaded, _generate_sync, loaded, prompt, max_tokens, self._reuse)
+
+    async def judge_many(self, prompts: Sequence[Prompt]) -> list[Judgement | BaseException]:
+        """Judge all prompts together in the batch context (see llamacpp_batch)."""
+        if not prompts:
+            return []
+        loaded = self._model()
+        return list(await self._run(loaded, _judge_many_sync, loaded, list(prompts), self._n_kv))
+
+    async def generate_many(self, prompts: Sequence[Prompt], *, max_tokens: int) -> list[Generation | BaseException]:
+        """Greedy answers to all prompts, decoded together (see llamacpp_batch)."""
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+        if not prompts:
+            return []
+        loaded = self._model()
+        return list(await self._run(loaded, _generate_many_sync, loaded, list(prompts), max_tokens, self._n_kv))
+
+    async def clear_cache(self) -> None:
+        """Forget every sequence the batch context holds (for measurements:
+        the next call then reuses nothing from earlier ones)."""
+        loaded = self._model()
+        await self._run(loaded, _clear_sync, loaded)
 
     async def aclose(self) -> None:
         loaded, self._loaded = self._loaded, None

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from mainrag.documents import Document, read_jsonl, record_passages
+from mainrag.documents import Document, check_document, read_jsonl, record_passages, unique_ids
 from mainrag.errors import InputError
 
 Metric = Literal["match", "choice", "str_em"]
@@ -120,7 +120,12 @@ def parse_record(spec: DatasetSpec, record: Mapping[str, Any], lineno: int) -> B
 
 
 def _ctxs(record: Mapping[str, Any]) -> list[Document]:
-    return record_passages(record) if record.get("ctxs") else []
+    """The record's retrieved passages, ids made distinct; a record without ``ctxs`` has none,
+    but ``"ctxs": null`` or a bad passage is an error, not an item without candidates."""
+    if "ctxs" not in record:
+        return []
+    docs = record_passages(record)
+    return unique_ids(docs, [f"ctxs[{i}]" for i in range(len(docs))])
 
 
 def gold_answers(record: Mapping[str, Any]) -> list[str]:
@@ -131,10 +136,15 @@ def gold_answers(record: Mapping[str, Any]) -> list[str]:
         if value in (None, "", []):
             continue
         if isinstance(value, str) and value.lstrip().startswith("["):
-            value = json.loads(value)
+            try:
+                value = json.loads(value)
+            except (ValueError, RecursionError):
+                raise InputError(f"'{field}' looks like a JSON list but is not valid JSON") from None
         if isinstance(value, Mapping):  # TriviaQA: {value, aliases, normalized_aliases}
-            value = [value.get("value"), *value.get("aliases", [])]
-        golds = [str(v["text"] if isinstance(v, Mapping) else v) for v in _as_list(value)]
+            value = [value.get("value"), *_as_list(value.get("aliases") or [])]
+        values = [v.get("text") if isinstance(v, Mapping) else v for v in _as_list(value)]
+        # Strings (or numbers: a year); a nested list or object is not an answer to match.
+        golds = [str(v) for v in values if isinstance(v, str | int | float) and not isinstance(v, bool)]
         golds = list(dict.fromkeys(g for g in golds if g and g.strip()))
         if golds:
             return golds
@@ -146,17 +156,28 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _arc(record: Mapping[str, Any], key: str) -> BenchItem:
-    choices = record["choices"]
-    labels, texts = [str(x) for x in choices["label"]], [str(x) for x in choices["text"]]
-    if len(labels) != len(texts) or not labels:
-        raise InputError("'choices' needs equal-length 'label' and 'text' lists")
+    choices = record.get("choices")
+    shape = "needs 'choices': {\"label\": [...], \"text\": [...]} with lists of strings of equal length"
+    if not isinstance(choices, Mapping):
+        raise InputError(shape)
+    labels, texts = choices.get("label"), choices.get("text")
+    if not (isinstance(labels, list) and isinstance(texts, list) and labels and len(labels) == len(texts)):
+        raise InputError(shape)
+    if not all(isinstance(x, str | int) for x in [*labels, *texts]):
+        raise InputError(shape)
+    labels, texts = [str(x) for x in labels], [str(x) for x in texts]
+    question = record.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise InputError("needs a non-empty 'question'")
+    if not isinstance(record.get("answerKey"), str | int):
+        raise InputError("needs 'answerKey', the label of the correct choice")
     answer_key = str(record["answerKey"])
     options = dict(zip(labels, texts, strict=True))
     if answer_key not in options:
         raise InputError(f"answerKey {answer_key!r} is not one of the labels {labels}")
     lines = "\n".join(f"{label}. {text}" for label, text in options.items())
     question = (
-        f"{str(record['question']).strip()}\n{lines}\n"
+        f"{question.strip()}\n{lines}\n"
         f"Answer with the letter of the correct choice ({', '.join(labels)})."
     )
     return BenchItem(
@@ -173,14 +194,16 @@ def _asqa(record: Mapping[str, Any], key: str) -> BenchItem:
     if not question:
         raise InputError("needs 'ambiguous_question'")
     pairs = record.get("qa_pairs") or []
-    groups = [[str(a) for a in p.get("short_answers", []) if a] for p in pairs]
+    if not isinstance(pairs, list) or not all(isinstance(p, Mapping) for p in pairs):
+        raise InputError("'qa_pairs' must be a list of objects")
+    groups = [[str(a) for a in _as_list(p.get("short_answers") or []) if a] for p in pairs]
     groups = [g for g in groups if g]
     if not groups:
         raise InputError("needs 'qa_pairs' with 'short_answers'")
     docs = _ctxs(record) or [
-        Document(id=f"{key}-qa{i}", title=str(p.get("wikipage") or ""), text=str(p["context"]))
+        check_document(Document(id=f"{key}-qa{i}", title=str(p.get("wikipage") or ""), text=str(p["context"])))
         for i, p in enumerate(pairs)
-        if p.get("context") and p["context"] != "No context provided"
+        if isinstance(p.get("context"), str) and p["context"].strip() and p["context"] != "No context provided"
     ]
     golds = list(dict.fromkeys(a for g in groups for a in g))
     return BenchItem(key=key, question=question, golds=golds, answer_groups=groups, documents=docs)

@@ -19,6 +19,7 @@ BOOTSTRAP_SEED = 0
 # Raw per-candidate scores worth a distribution plot: the item's signals, and
 # the embedding filter's cosine (a system score).
 SCORE_SIGNALS = {"judge": "paper judge (log-odds)", "judge-prefix": "prefix-layout judge (log-odds)",
+                 "judge-conversation": "conversation-layout judge (log-odds)",
                  "judge-only": "judge-only (log-odds)"}
 
 

@@ -41,6 +41,7 @@ from mainrag.bench.systems import (
 from mainrag.config import Settings
 from mainrag.engine import MainRAG
 from mainrag.errors import ConfigError, InputError
+from mainrag.redact import redact
 from mainrag.retrieval import Retriever
 
 ITEMS_FILE, CALLS_FILE, RUN_FILE, LOCK_FILE = "items.jsonl", "calls.jsonl", "run.json", ".lock"
@@ -140,7 +141,7 @@ def item_row(spec: DatasetSpec, item: BenchItem, labels: list[bool], bench: Work
              outcomes: dict[str, SystemOutcome]) -> dict[str, Any]:
     """The JSONL record of one finished item: gold, candidates, every score, every system."""
     signals: dict[str, Any] = {}
-    for name in ("predict", "judge", "judge-prefix", "judge-only", "llm-filter"):
+    for name in ("predict", "judge", "judge-prefix", "judge-conversation", "judge-only", "llm-filter"):
         calls = [bench.cache.get(f"{item.key}|{name}|{i}") for i in range(len(item.documents))]
         if any(c is not None for c in calls):
             signals[name] = [None if c is None else (c.score if c.score is not None else c.text) for c in calls]
@@ -264,7 +265,8 @@ class Runner:
         return len(todo)
 
     def _write_info(self, agents: Agents) -> None:
-        command = shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        # run.json is shared with the results: a --base-url with credentials must not travel with it.
+        command = redact(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
         started = datetime.now(UTC).isoformat(timespec="seconds")
         info = RunInfo(
             config=self.config,
@@ -275,7 +277,7 @@ class Runner:
             prompts_sha256=agents.prompts_hash(),
             versions=_versions(),
             limit=self.limit,
-            sessions=[*self.sessions, f"{started} {command}"],
+            sessions=[*map(redact, self.sessions), f"{started} {command}"],
         )
         (self.out / RUN_FILE).write_text(info.model_dump_json(indent=2))
 
@@ -299,5 +301,6 @@ def read_info(out_dir: Path) -> RunInfo:
     path = out_dir / RUN_FILE
     if not path.is_file():
         raise InputError(f"{out_dir} holds no benchmark run ({RUN_FILE} missing)")
-    return RunInfo.model_validate_json(path.read_text())
+    # Redacted again: a run.json written before redaction must not leak into summary.json or report.md.
+    return RunInfo.model_validate_json(redact(path.read_text()))
 

@@ -39,7 +39,12 @@ SYSTEMS: tuple[str, ...] = (
 )
 # Judges by name: the paper's (with the Predictor's answer), the prefix layout
 # (same question, document last) for consensus, and judge-only (no answer).
-JUDGE_PROMPTS = {"judge": "judge", "judge-prefix": "judge_prefix", "judge-only": "judge_only"}
+JUDGE_PROMPTS = {
+    "judge": "judge", "judge-prefix": "judge_prefix", "judge-conversation": "judge_conversation",
+    "judge-only": "judge_only",
+}  # fmt: skip
+# The judge main-rag uses, by the settings' layout.
+LAYOUT_JUDGES = {"paper": "judge", "prefix": "judge-prefix", "conversation": "judge-conversation"}
 CONSENSUS_JUDGES = ("judge", "judge-prefix")
 
 Embedder = Callable[[list[str]], np.ndarray]  # texts -> unit-norm rows
@@ -92,9 +97,11 @@ class Agents:
             rag.backend, load_template(PROMPTS / "llm_filter.toml"), max_tokens=4, max_doc_chars=s.max_doc_chars,
         )
         self.judges = {
-            name: Judge(name, rag.backend, load_template(prompt), max_doc_chars=s.max_doc_chars)
+            name: Judge(name, rag.backend, load_template(prompt), max_doc_chars=s.max_doc_chars,
+                        predictor=self.predictor.template)
             for name, prompt in JUDGE_PROMPTS.items()
         }
+        self.main_judge = LAYOUT_JUDGES[s.layout]
         self.embedder = embedder
         self.embedding_threshold = embedding_threshold
 
@@ -135,35 +142,57 @@ class Workbench:
             return hit
         start = time.perf_counter()
         try:
-            out = await run()
-        except MainRAGError as exc:  # recorded, so one bad call does not sink the run
-            record = CallRecord(key=key, seconds=time.perf_counter() - start, error=f"{type(exc).__name__}: {exc}")
+            out: Generation | Judgement | BaseException = await run()
+        except MainRAGError as exc:
+            out = exc
+        return self._record(key, out, time.perf_counter() - start)
+
+    async def _calls(
+        self, names: list[str], run_many: Callable[[list[int]], Awaitable[Sequence[Generation | Judgement | BaseException]]]
+    ) -> list[CallRecord]:
+        """Several calls at once (the backend batches them); each is cached
+        under its own key, with the batch's wall time shared evenly."""
+        keys = [f"{self.item.key}|{n}" for n in names]
+        records: dict[int, CallRecord] = {i: r for i, k in enumerate(keys) if (r := self.cache.get(k)) is not None}
+        missing = [i for i in range(len(keys)) if i not in records]
+        if missing:
+            start = time.perf_counter()
+            outs = await run_many(missing)
+            seconds = (time.perf_counter() - start) / len(missing)
+            records |= {i: self._record(keys[i], out, seconds) for i, out in zip(missing, outs, strict=True)}
+        return [records[i] for i in range(len(keys))]
+
+    def _record(self, key: str, out: Generation | Judgement | BaseException, seconds: float) -> CallRecord:
+        if isinstance(out, BaseException):
+            # Recorded for the report, but not cached: a fault may be transient
+            # (a server restarting), and --resume must try the call again.
+            return CallRecord(key=key, seconds=seconds, error=f"{type(out).__name__}: {out}")
+        if isinstance(out, Judgement):
+            record = CallRecord(key=key, seconds=seconds, score=out.log_odds, prompt_tokens=out.prompt_tokens,
+                                completion_tokens=1)  # fmt: skip
         else:
-            seconds = time.perf_counter() - start
-            if isinstance(out, Judgement):
-                record = CallRecord(key=key, seconds=seconds, score=out.log_odds, prompt_tokens=out.prompt_tokens,
-                                    completion_tokens=1)
-            else:
-                record = CallRecord(key=key, seconds=seconds, text=out.text, prompt_tokens=out.prompt_tokens,
-                                    completion_tokens=out.completion_tokens)
+            record = CallRecord(key=key, seconds=seconds, text=out.text, prompt_tokens=out.prompt_tokens,
+                                completion_tokens=out.completion_tokens)  # fmt: skip
         self.cache.put(record)
         return record
 
     async def predictions(self) -> list[CallRecord]:
-        return [
-            await self._call(f"predict|{i}", lambda d=d: self.agents.predictor.predict(self.item.question, d))
-            for i, d in enumerate(self.docs)
-        ]
+        predictor, question = self.agents.predictor, self.item.question
+        return await self._calls(
+            [f"predict|{i}" for i in range(len(self.docs))],
+            lambda todo: predictor.predict_many(question, [self.docs[i] for i in todo]),
+        )
 
     async def judgements(self, judge: str) -> list[CallRecord]:
         j = self.agents.judges[judge]
-        answers: list[str | None] = (
-            [None] * len(self.docs) if judge == "judge-only" else [p.text or "" for p in await self.predictions()]
+        answers: list[str | BaseException | None] = (
+            [None] * len(self.docs) if judge == "judge-only"
+            else [MainRAGError(p.error) if p.error else (p.text or "") for p in await self.predictions()]
+        )  # fmt: skip
+        return await self._calls(
+            [f"{judge}|{i}" for i in range(len(self.docs))],
+            lambda todo: j.score_many(self.item.question, [self.docs[i] for i in todo], [answers[i] for i in todo]),
         )
-        return [
-            await self._call(f"{judge}|{i}", lambda d=d, a=a: j.score(self.item.question, d, a))
-            for i, (d, a) in enumerate(zip(self.docs, answers, strict=True))
-        ]
 
     async def filter_votes(self) -> list[CallRecord]:
         return [await self._call(f"llm-filter|{i}", lambda d=d: self._ask_filter(d)) for i, d in enumerate(self.docs)]
@@ -211,7 +240,7 @@ class Workbench:
             out.extra_seconds = seconds
             return out
         if system in MAIN_RAG_N:
-            return await self._judged(["judge"], n=MAIN_RAG_N[system], shared=await self.predictions())
+            return await self._judged([self.agents.main_judge], n=MAIN_RAG_N[system], shared=await self.predictions())
         if system == "judge-only":
             return await self._judged(["judge-only"], n=0.0, shared=[])
         if system == "consensus":

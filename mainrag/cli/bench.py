@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from mainrag.cli.app import app, friendly, out
+from mainrag.cli.app import app, friendly, out, safe
 from mainrag.config import Settings
 from mainrag.models import DEFAULT_MODEL
 
@@ -57,6 +57,6 @@ def bench(
         )
         runner = Runner(config, settings, target, resume=resume, limit=limit, data=data, progress=progress)
         finished = run_sync(runner)
-        out.print(f"{finished} item(s) finished now; {len(runner.done_keys())} in {target / 'items.jsonl'}")
+        out.print(f"{finished} item(s) finished now; {len(runner.done_keys())} in {safe(target / 'items.jsonl')}")
     summary = write_report(target)
-    out.print(f"report: {target / 'report.md'} ({summary.items} items)")
+    out.print(f"report: {safe(target / 'report.md')} ({summary.items} items)")

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from mainrag.cli.app import app, friendly, out
+from mainrag.cli.app import app, clean, friendly, out, print_json, safe
 from mainrag.cli.options import (
     BackendOpt,
     BaseUrlOpt,
@@ -61,8 +62,8 @@ def _read_judges(path: Path) -> list[dict[str, Any]]:
 
 
 def _snippet(doc: ScoredDocument, width: int = 60) -> str:
-    text = (f"{doc.title}: " if doc.title else "") + doc.text
-    return text[:width].replace("\n", " ") + ("…" if len(text) > width else "")
+    text = clean((f"{doc.title}: " if doc.title else "") + doc.text)  # cut what the terminal shows
+    return escape(text[:width].replace("\n", " ") + ("…" if len(text) > width else ""))
 
 
 def _fmt(x: float | None) -> str:
@@ -77,16 +78,17 @@ def render_filter(result: FilterResult) -> None:
         f"bar τ = {b.tau:+.3f} (mean {b.mean:+.3f} − {b.n:g}·std {b.std:.3f}, {b.mode}) · "
         f"{result.usage.calls} LLM calls · {result.timings.get('total', 0):.1f}s"
     )
-    table = Table("rank", "keep", "score", *result.judges, "id", "document", "predicted answer")
+    # Table cells are rich markup: every untrusted text (ids, documents, answers, judge names) goes through safe().
+    table = Table("rank", "keep", "score", *map(safe, result.judges), "id", "document", "predicted answer")
     for d in result.kept + result.dropped:
         table.add_row(
             str(d.rank or ""), "✓" if d.kept else "✗", _fmt(d.score),
             *[_fmt(j.score) + ("*" if j.censored else "") if j.error is None else "failed" for j in d.judges.values()],
-            d.id, _snippet(d), (d.answer or "")[:40],
+            safe(d.id), _snippet(d), safe((d.answer or "")[:40]),
         )
     out.print(table)
     for judge, count in result.failed_judgements.items():
-        out.print(f"[yellow]judge {judge} failed on {count} document(s)[/]")
+        out.print(f"[yellow]judge {safe(judge)} failed on {count} document(s)[/]")
 
 
 def run(
@@ -103,7 +105,7 @@ def run(
     max_keep: MaxKeepOpt = None,
     consensus: ConsensusOpt = None,
     judge_only: JudgeOnlyOpt = None,
-    layout: Annotated[Literal["paper", "prefix"] | None, typer.Option(help="Judge prompt layout (default: paper).")] = None,
+    layout: Annotated[Literal["paper", "prefix", "conversation"] | None, typer.Option(help="Judge prompt layout (default: paper).")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N candidates.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -122,13 +124,13 @@ def run(
         if ctx.info_name == "answer":
             result = rag.answer_sync(question, docs)
             if as_json:
-                print(result.model_dump_json(indent=2))
+                print_json(result.model_dump_json(indent=2))
                 return
             render_filter(result.filter)
-            out.print(f"\n[bold]Answer:[/] {result.answer}\n[dim]cited: {', '.join(result.citations)}[/]")
+            out.print(f"\n[bold]Answer:[/] {safe(result.answer)}\n[dim]cited: {safe(', '.join(result.citations))}[/]")
         else:
             filtered = rag.filter_sync(question, docs)
-            print(filtered.model_dump_json(indent=2)) if as_json else render_filter(filtered)
+            print_json(filtered.model_dump_json(indent=2)) if as_json else render_filter(filtered)
     finally:
         rag.close()
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from mainrag.cli.app import app, friendly, out
+from mainrag.cli.app import app, clean, friendly, out, print_json, safe
 from mainrag.cli.filtering import build_settings, render_filter
 from mainrag.cli.options import (
     BackendOpt,
@@ -69,10 +69,10 @@ def ingest_cmd(
     name = collection or store.settings.collection
     report = ingest(files, name, store=store, batch_size=batch_size, progress=not as_json)
     if as_json:
-        print(report.model_dump_json(indent=2))
+        print_json(report.model_dump_json(indent=2))
         return
     out.print(
-        f"[bold]{name}[/] ({store.settings.describe()}): {report.count} passages · "
+        f"[bold]{safe(name)}[/] ({safe(store.settings.describe())}): {report.count} passages · "
         f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
         f"{report.duplicates} duplicates skipped"
         + (f" ([yellow]{report.conflicts} with a repeated id but other text[/])" if report.conflicts else "")
@@ -95,32 +95,32 @@ def collections_cmd(
     store = open_store(path, host, port, ssl)
     if delete is not None:
         count = store.count(delete)
-        if not yes and not typer.confirm(f"Delete collection {delete!r} ({count} passages)?"):
+        if not yes and not typer.confirm(f"Delete collection {clean(repr(delete))} ({count} passages)?"):
             raise typer.Exit(1)
         store.delete(delete)
-        out.print(f"deleted {delete!r} ({count} passages)")
+        out.print(f"deleted {safe(repr(delete))} ({count} passages)")
         return
     infos = store.collections()
     if as_json:
-        print("[" + ",".join(i.model_dump_json() for i in infos) + "]")
+        print_json("[" + ",".join(i.model_dump_json() for i in infos) + "]")
         return
-    table = Table("collection", "passages", "embedding model", title=store.settings.describe())
+    table = Table("collection", "passages", "embedding model", title=safe(store.settings.describe()))
     for info in infos:
-        table.add_row(info.name, str(info.count), info.embedding_model or "-")
-    out.print(table if infos else f"no collections in {store.settings.describe()}")
+        table.add_row(safe(info.name), str(info.count), safe(info.embedding_model or "-"))
+    out.print(table if infos else f"no collections in {safe(store.settings.describe())}")
 
 
 def render_answer(result: AnswerResult, details: bool) -> None:
     """The answer, then the kept documents it cites, best first."""
     if details:
         render_filter(result.filter)
-    out.print(f"\n[bold]Answer:[/] {result.answer}\n")
+    out.print(f"\n[bold]Answer:[/] {safe(result.answer)}\n")
     for doc in result.filter.kept:
         title = f"{doc.title}: " if doc.title else ""
-        snippet = " ".join((title + doc.text).split())
+        snippet = " ".join(clean(title + doc.text).split())
         out.print(
-            f"  [{doc.rank}] [dim]{doc.id} · score {doc.score:+.2f} · retrieved #{doc.retriever_rank}[/]  "
-            f"{snippet[:100]}{'…' if len(snippet) > 100 else ''}",
+            f"  [{doc.rank}] [dim]{safe(doc.id)} · score {doc.score:+.2f} · retrieved #{doc.retriever_rank}[/]  "
+            f"{safe(snippet[:100])}{'…' if len(snippet) > 100 else ''}",
             highlight=False,
         )
     f = result.filter
@@ -171,6 +171,6 @@ def ask_cmd(
     finally:
         rag.close()
     if as_json:
-        print(result.model_dump_json(indent=2))
+        print_json(result.model_dump_json(indent=2))
     else:
         render_answer(result, details)

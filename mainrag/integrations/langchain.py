@@ -16,6 +16,7 @@ document alone), ``mainrag_rank`` and ``retriever_rank`` (1-based).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,16 +56,29 @@ class MiniLMEmbeddings(Embeddings):
 
 
 def from_langchain(docs: Sequence[LCDocument]) -> list[Document]:
-    """LangChain Documents as mainrag candidates (title from metadata, when present)."""
+    """LangChain Documents as mainrag candidates (title from metadata, when present).
+
+    Only JSON values of the metadata come along: mainrag refuses candidates whose
+    metadata could not be written out, and the documents handed back are the
+    originals, with all of theirs (see :func:`kept_documents`).
+    """
     out = []
     for doc in docs:
         title = str(doc.metadata.get("title") or "")
         doc_id = doc.id or doc.metadata.get("id")
         out.append(Document(
             id=str(doc_id) if doc_id not in (None, "") else content_id(title, doc.page_content),
-            text=doc.page_content, title=title, metadata=dict(doc.metadata),
+            text=doc.page_content, title=title, metadata={k: v for k, v in doc.metadata.items() if _is_json(v)},
         ))
     return out
+
+
+def _is_json(value: object) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def _to_langchain(doc: Document) -> LCDocument:
