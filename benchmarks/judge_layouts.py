@@ -57,11 +57,13 @@ def judge_templates(specs: list[str]) -> dict[str, str]:
 
 
 async def run(model: str, questions: int, k: int, threads: int | None, offset: int = 0,
-              layouts: list[str] | None = None, out: Path | None = None) -> dict[str, object]:
+              layouts: list[str] | None = None, out: Path | None = None,
+              predictor: str | None = None) -> dict[str, object]:
     """Predict once per passage (batched), then judge every passage with each
     layout's Judge; one JSON line per question in ``out`` (resumable)."""
     records = [json.loads(line) for line in DATA.open()][offset:offset + questions]
-    rag = MainRAG(backend={"kind": "local", "model": model, "n_threads": threads})
+    extra = {"predictor_prompt": predictor} if predictor else {}
+    rag = MainRAG(backend={"kind": "local", "model": model, "n_threads": threads}, **extra)
     judges = {
         name: Judge(name, rag.backend, load_template(template), max_doc_chars=rag.settings.max_doc_chars,
                     predictor=rag.predictor.template)
@@ -142,11 +144,12 @@ def main() -> None:
     parser.add_argument("--layouts", nargs="+", default=["paper", "prefix"],
                         help="layouts (paper, prefix, conversation) or NAME=template.toml")
     parser.add_argument("--out", type=Path, help="JSONL of per-question scores (resumes)")
+    parser.add_argument("--predictor", help="the Predictor's template (default: the settings' default)")
     args = parser.parse_args()
     if args.from_run:
         result = from_run(args.from_run, args.questions, args.offset)
     else:
-        result = asyncio.run(run(args.model, args.questions, args.k, args.threads, args.offset, args.layouts, args.out))
+        result = asyncio.run(run(args.model, args.questions, args.k, args.threads, args.offset, args.layouts, args.out, args.predictor))
     print(json.dumps(result, indent=2))
 
 
