@@ -10,8 +10,9 @@ import os
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -22,13 +23,29 @@ from pydantic_settings import (
 from mainrag.errors import ConfigError
 from mainrag.models import DEFAULT_MODEL
 from mainrag.prompts import Layout
+from mainrag.redact import redact_url
 from mainrag.threshold import ConsensusMode
 
 _TOML: ContextVar[Path | None] = ContextVar("mainrag_toml", default=None)
 
 
+def _check_url(url: str) -> None:
+    """An endpoint must be an absolute http(s) URL; the message never repeats its credentials."""
+    hint = f"{redact_url(url)!r} is not an http(s) URL with a host and a valid port; give e.g. http://127.0.0.1:8000/v1"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+    except ValueError:
+        raise ValueError(hint) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(hint)
+
+
 class BackendSettings(BaseModel):
     """Where an agent's model runs."""
+
+    # An API key or a URL's password must not come back inside a validation error.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     kind: Literal["local", "openai"] = "local"
     model: str = DEFAULT_MODEL  # local: preset name or .gguf path; openai: served model name
@@ -63,6 +80,15 @@ class BackendSettings(BaseModel):
     max_censored_fraction: float = Field(0.5, ge=0, le=1)
     on_censored: Literal["ignore", "warn", "fail"] = "warn"
 
+    @field_validator("base_urls")
+    @classmethod
+    def _check_base_urls(cls, urls: list[str]) -> list[str]:
+        if not urls:
+            raise ValueError("give one or more base URLs, e.g. http://127.0.0.1:8000/v1")
+        for url in urls:
+            _check_url(url)
+        return urls
+
     @model_validator(mode="after")
     def _check_label_ids(self) -> BackendSettings:
         if (self.yes_token_ids is None) != (self.no_token_ids is None):
@@ -86,7 +112,9 @@ class JudgeSettings(BaseModel):
 class Settings(BaseSettings):
     """Everything that decides how mainrag filters and answers."""
 
-    model_config = SettingsConfigDict(env_prefix="MAINRAG_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="MAINRAG_", env_nested_delimiter="__", extra="forbid", hide_input_in_errors=True
+    )
 
     backend: BackendSettings = Field(default_factory=BackendSettings)
     judges: list[JudgeSettings] = Field(default_factory=list)  # empty: one judge on `backend`

@@ -46,12 +46,18 @@ def test_user_mistakes_give_one_line_and_an_exit_code(tmp_path: Path) -> None:
         (["filter", str(EXAMPLE), "--n", "1", "--min-keep", "3", "--max-keep", "1"], 2, "max_keep"),
         (["filter", str(EXAMPLE), "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
           "--model", "m", "--limit", "2"], 4, "127.0.0.1:9"),
+        (["filter", str(EXAMPLE), "--backend", "openai", "--base-url", "localhost:8000", "--model", "m"],
+         2, "'localhost:8000' is not an http(s) URL"),
+        (["filter", str(EXAMPLE), "--backend", "openai", "--base-url", "http://u:hunter2secret@[::1/v1",
+          "--model", "m"], 2, "http://u:***@[::1/v1"),
+        (["filter", str(EXAMPLE), "--backend", "openai", "--base-url", "http://127.0.0.1:99999/v1",
+          "--model", "m"], 2, "valid port"),
     ]
     for args, code, message in cases:
         r = mainrag(*args, timeout=180)
         assert r.returncode == code, (args, r.stdout, r.stderr)
         assert message in r.stderr, (args, r.stderr)
-        assert "Traceback" not in r.stderr
+        assert "Traceback" not in r.stderr and "hunter2secret" not in r.stdout + r.stderr
 
 
 def test_bad_input_files_exit_2_naming_file_line_and_problem(tmp_path: Path) -> None:

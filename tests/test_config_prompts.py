@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from mainrag.config import Settings
 from mainrag.documents import Document
@@ -30,6 +31,24 @@ def test_invalid_settings_read_as_one_line(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("MAINRAG_CONSENSUS", "majority")
     with pytest.raises(ConfigError, match="consensus"):
         Settings.load()
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8000/v1", "http:///v1", "ftp://host/v1", "http://h:0x50/v1", ""])
+def test_a_malformed_base_url_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError, match="base_urls"):
+        Settings.load(backend={"kind": "openai", "base_urls": [url]})
+    with pytest.raises(ConfigError, match="one or more base URLs"):
+        Settings.load(backend={"kind": "openai", "base_urls": []})
+
+
+def test_validation_errors_never_echo_the_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(backend={"kind": "openai", "base_urls": ["http://u:hunter2secret@[::1/v1"]})
+    assert "hunter2secret" not in str(caught.value) and "u:***@" in str(caught.value)
+    monkeypatch.setenv("MAINRAG_BACKEND__TIMEOUT", "hunter2secret")
+    with pytest.raises(ConfigError, match="timeout") as caught_config:
+        Settings.load()
+    assert "hunter2secret" not in str(caught_config.value)
 
 
 def test_builtin_templates_render_every_field() -> None:
