@@ -9,6 +9,7 @@ the file then fails to collect) or inside a fixture or test.
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 import pytest
@@ -32,3 +33,9 @@ def need_model(name: str) -> None:
 
     if models.installed().get(name) is None:
         pytest.fail(f"this test needs the model {name}; install it with: mainrag models install {name}", pytrace=False)
+
+
+def need_shared_data(path: Path | None) -> None:
+    """A failure saying the shared QA files are missing (``path``, when known, is what was looked for)."""
+    where = f" ({path})" if path else ""
+    pytest.fail(f"the shared QA data is missing{where}: clone with ../shared beside the checkout", pytrace=False)

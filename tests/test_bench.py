@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from needs import need_model, need_module
+from needs import need_model, need_module, need_shared_data
 
 from mainrag import models
 from mainrag.backends.base import Generation, Judgement, Prompt
@@ -228,7 +228,7 @@ def test_candidates_from_a_chroma_collection(tmp_path: Path, monkeypatch: pytest
 def _needs_model() -> None:
     need_model("smollm2-135m")  # a failure naming the install command, not a skip
     if not DATA.is_file():
-        pytest.skip("shared data not present")
+        need_shared_data(DATA)
 
 
 def _systems() -> str:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from needs import need_shared_data
 
 from mainrag.bench import metrics as m
 from mainrag.bench.cache import CallCache, CallRecord, JsonlFile
@@ -159,7 +160,7 @@ def test_bundled_files_load(name: str) -> None:
     try:
         path = dataset_path(spec, None)
     except InputError:
-        pytest.skip("shared data not present")
+        need_shared_data(None)
     items = load_items(spec, path, k=20, limit=5)
     assert len(items) == 5 and all(it.question and it.golds for it in items)
 

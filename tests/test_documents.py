@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from needs import need_shared_data
 
 from mainrag.bench.datasets import DATASETS, get_spec
 from mainrag.documents import Document, as_documents, content_id, load_documents
@@ -35,7 +36,7 @@ def test_passages_dpr_and_plain_strings(tmp_path: Path) -> None:
 
 def test_selfrag_record_gives_its_question_and_ctxs() -> None:
     if not DATA.is_dir():
-        pytest.skip("../shared/data is not beside the repository")
+        need_shared_data(DATA)
     docs, q = load_documents(DATA / "popqa_longtail_100.jsonl")
     first = json.loads((DATA / "popqa_longtail_100.jsonl").open().readline())
     assert q == first["question"]
