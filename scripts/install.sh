@@ -8,7 +8,7 @@
 # (mainrag/backends/llamacpp_runtime.py). A default build uses -march=native,
 # and a wheel cached from one CPU then dies with SIGILL on another (AMX hosts).
 # The wheel is cached under ~/.cache/mainrag/wheels, keyed by version and
-# flags (first build ~15 min on 2 cores; later installs take seconds).
+# flags (first build ~9 min on 2 cores; later installs take seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${MAINRAG_VENV:-.venv}
@@ -28,7 +28,7 @@ install_llama_cpp() {
   wheels="$cache/wheels/llama-cpp-python-$LLAMA_CPP_VERSION-$key"
   wheel=$(ls "$wheels"/llama_cpp_python-*.whl 2>/dev/null | head -n1 || true)
   if [ -z "$wheel" ]; then
-    echo "building llama-cpp-python $LLAMA_CPP_VERSION, portable (every CPU variant; ~15 min on 2 cores)"
+    echo "building llama-cpp-python $LLAMA_CPP_VERSION, portable (every CPU variant; ~9 min on 2 cores)"
     mkdir -p "$wheels"
     CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
       "$VENV/bin/python" -m pip wheel -q --no-deps --no-cache-dir --no-binary llama-cpp-python \

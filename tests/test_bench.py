@@ -125,6 +125,15 @@ def test_runner_and_report_with_scripted_backend(tmp_path: Path, monkeypatch: py
         Runner(config.model_copy(), Settings(), tmp_path / "out", resume=False, data=data)
     with pytest.raises(ConfigError, match="other settings"):
         Runner(config.model_copy(update={"k": 3}), Settings(), tmp_path / "out", resume=True, data=data)
+    # A setting that changes calls, from the environment too, refuses; a transport setting does not.
+    monkeypatch.setenv("MAINRAG_BACKEND__N_CTX", "2048")
+    with pytest.raises(ConfigError, match=r"backend.n_ctx: 4096 -> 2048"):
+        Runner(config.model_copy(), Settings.load(), tmp_path / "out", resume=True, data=data)
+    monkeypatch.delenv("MAINRAG_BACKEND__N_CTX")
+    monkeypatch.setenv("MAINRAG_BACKEND__TIMEOUT", "30")
+    Runner(config.model_copy(), Settings.load(), tmp_path / "out", resume=True, data=data)
+    with pytest.raises(ConfigError, match=r"layout: 'paper' -> 'conversation'"):
+        Runner(config.model_copy(), Settings(layout="conversation"), tmp_path / "out", resume=True, data=data)
     # Cached calls made with other prompts must not be mixed into the run.
     info = json.loads((tmp_path / "out" / "run.json").read_text())
     (tmp_path / "out" / "run.json").write_text(json.dumps({**info, "prompts_sha256": "0" * 64}))

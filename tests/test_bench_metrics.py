@@ -171,10 +171,30 @@ def test_bundled_files_load(name: str) -> None:
 def test_jsonl_file_drops_a_torn_last_line(tmp_path: Path) -> None:
     p = tmp_path / "items.jsonl"
     p.write_text('{"key": "a"}\n{"key": "b"}\n{"key": "c", "sys')  # killed mid-write
-    f = JsonlFile(p)
+    assert [r["key"] for r in JsonlFile(p).rows] == ["a", "b"]
+    assert p.read_text().endswith('"sys')  # a reader never rewrites: a writer may be mid-line
+    f = JsonlFile(p, repair=True)  # the lock holder drops the torn tail
     assert [r["key"] for r in f.rows] == ["a", "b"]
     f.append({"key": "c"})
     assert [json.loads(line)["key"] for line in p.read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_a_finished_line_ending_without_newline_is_kept(tmp_path: Path) -> None:
+    p = tmp_path / "items.jsonl"
+    p.write_text('{"key": "a"}\n{"key": "b"}')  # killed between the line and its newline
+    f = JsonlFile(p, repair=True)
+    f.append({"key": "c"})
+    assert [r["key"] for r in JsonlFile(p).rows] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("damage", ['{"key": "a"}\n{oops\n{"key": "c"}\n', '{"key": "a"}\n[1, 2]\n'])
+def test_a_bad_line_inside_the_file_is_an_error_naming_it(tmp_path: Path, damage: str) -> None:
+    p = tmp_path / "items.jsonl"
+    p.write_text(damage)
+    for repair in (False, True):
+        with pytest.raises(InputError, match=r"items.jsonl:2"):
+            JsonlFile(p, repair=repair)
+    assert p.read_text() == damage  # nothing dropped
 
 
 def test_call_cache_round_trip(tmp_path: Path) -> None:

@@ -1,9 +1,11 @@
 """Append-only JSONL files that survive SIGKILL, and the run's call cache.
 
-A process killed mid-write can leave a truncated last line. Opening a file
-drops such a line (rewriting the file without it), so the next append starts
-on a fresh line and every complete line stays valid JSON. Appends are
-flushed and fsynced: what was reported finished is on disk.
+A process killed mid-write can leave a truncated last line. Reading skips
+such a line; only the writer (who holds the run's lock) rewrites the file
+without it, so the next append starts on a fresh line. Any other bad line is
+an error naming the file and line: it is data, not a torn write, and dropping
+it would lose a finished result. Appends are flushed and fsynced: what was
+reported finished is on disk.
 """
 
 from __future__ import annotations
@@ -15,35 +17,48 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from mainrag.errors import InputError
+
 
 class JsonlFile:
     """Complete JSON lines of a file, plus durable appends."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, *, repair: bool = False):
+        """Read ``path``; ``repair`` (the lock holder only) also rewrites it without a torn tail."""
         self.path = path
         self.rows: list[dict[str, Any]] = []
         if path.is_file():
-            self._load()
+            self._load(repair)
 
-    def _load(self) -> None:
+    def _load(self, repair: bool) -> None:
         raw = self.path.read_bytes()
         lines = raw.split(b"\n")
-        good: list[bytes] = []
-        for line in lines:
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # the torn tail of a killed write
-            if isinstance(row, dict):
-                self.rows.append(row)
-                good.append(line)
-        repaired = b"".join(line + b"\n" for line in good)
-        if repaired != raw:
-            tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-            tmp.write_bytes(repaired)
-            os.replace(tmp, self.path)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if number == len(lines):  # no newline after it: the torn tail of a killed write
+                    if repair:
+                        self._truncate(len(raw) - len(line))
+                    return
+                raise InputError(f"{self.path}:{number}: not a JSON line; the file is damaged "
+                                 "(restore it, or remove the line to run that item again)") from None
+            if not isinstance(row, dict):
+                raise InputError(f"{self.path}:{number}: a JSON {type(row).__name__}, not an object")
+            self.rows.append(row)
+        if repair and raw and not raw.endswith(b"\n"):
+            self._truncate(len(raw), newline=True)
+
+    def _truncate(self, size: int, *, newline: bool = False) -> None:
+        with self.path.open("r+b") as fh:
+            fh.truncate(size)
+            if newline:
+                fh.seek(0, os.SEEK_END)
+                fh.write(b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def append(self, row: dict[str, Any]) -> None:
         line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
@@ -69,8 +84,8 @@ class CallRecord(BaseModel):
 class CallCache:
     """Every finished call of a run, so a resumed run repeats none of them."""
 
-    def __init__(self, path: Path):
-        self.file = JsonlFile(path)
+    def __init__(self, path: Path, *, repair: bool = False):
+        self.file = JsonlFile(path, repair=repair)
         self._calls = {r["key"]: CallRecord.model_validate(r) for r in self.file.rows}
 
     def get(self, key: str) -> CallRecord | None:

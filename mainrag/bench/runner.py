@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import platform
 import shlex
 import sys
@@ -60,16 +61,44 @@ class RunConfig(BaseModel):
     retriever: str | None = None  # "chroma:NAME", else the records' own passages
     embedding_threshold: float = 0.5
     seed: int = 0  # llama.cpp seed; decoding is greedy
+    # The settings that change what a call sends or how results are made (from options, TOML
+    # or MAINRAG_* variables alike); transport settings such as timeouts and URLs are left out.
+    settings: dict[str, Any] = Field(default_factory=dict)
 
     def must_match(self, other: RunConfig) -> None:
         fields = ["dataset", "systems", "k", "backend", "model", "retriever", "embedding_threshold"]
         if self.data_sha256 and other.data_sha256:  # runs started before it was recorded have none
             fields.append("data_sha256")
         diff = [f for f in fields if getattr(self, f) != getattr(other, f)]
-        if diff:
-            shown = "; ".join(f"{f}: {getattr(other, f)!r} -> {getattr(self, f)!r}" for f in diff)
+        shown_diff = [f"{f}: {getattr(other, f)!r} -> {getattr(self, f)!r}" for f in diff]
+        if self.settings and other.settings:  # runs started before it was recorded have none
+            keys = sorted(set(self.settings) | set(other.settings))
+            shown_diff += [f"{k}: {other.settings.get(k)!r} -> {self.settings.get(k)!r}"
+                           for k in keys if self.settings.get(k) != other.settings.get(k)]
+        if shown_diff:
+            shown = redact("; ".join(shown_diff))
             raise ConfigError(f"--resume with other settings than the run in this directory ({shown}); "
                               "use the same options or another --out")
+
+
+# What changes a call's prompt, its decoding or the filter's arithmetic; the rest is transport.
+_CALL_BACKEND_FIELDS = {"kind", "model", "n_ctx", "judge_max_tokens", "extra_body", "yes_no_token_ids",
+                        "yes_token_ids", "no_token_ids", "top_logprobs"}
+_CALL_FIELDS = {"n", "min_keep", "max_keep", "consensus", "quorum", "layout", "judge_only", "predictor_prompt",
+                "final_prompt", "answer_max_tokens", "final_max_tokens", "max_doc_chars"}
+
+
+def call_settings(settings: Settings) -> dict[str, Any]:
+    """The settings a resumed run must share, flattened to ``a.b`` keys."""
+    flat: dict[str, Any] = settings.model_dump(mode="json", include=_CALL_FIELDS)
+    backend = settings.backend.model_dump(mode="json", include=_CALL_BACKEND_FIELDS)
+    flat.update({f"backend.{k}": v for k, v in backend.items()})
+    for i, judge in enumerate(settings.judges):
+        shown = judge.model_dump(mode="json", exclude_none=True, exclude={"backend"})
+        if judge.backend is not None:
+            shown["backend"] = judge.backend.model_dump(mode="json", include=_CALL_BACKEND_FIELDS)
+        flat[f"judges.{i}"] = shown
+    return flat
 
 
 class RunInfo(BaseModel):
@@ -193,6 +222,7 @@ class Runner:
         self.config.data_sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
         self.limit, self.progress = limit, progress
         self.config.systems = validate_systems(config.systems)
+        self.config.settings = call_settings(settings)
         out_dir.mkdir(parents=True, exist_ok=True)
         run_file = out_dir / RUN_FILE
         if run_file.is_file():
@@ -205,8 +235,8 @@ class Runner:
         else:
             self.previous_prompts = None
             self.sessions = []
+        # Read-only until run() holds the lock: only the writer may repair a torn tail.
         self.items_file = JsonlFile(out_dir / ITEMS_FILE)
-        self.cache = CallCache(out_dir / CALLS_FILE)
 
     def done_keys(self) -> set[str]:
         return {r["key"] for r in self.items_file.rows}
@@ -215,13 +245,15 @@ class Runner:
         """Run the unfinished items; return how many were finished now."""
         # Two runs appending to one directory would repeat items; the OS drops
         # the lock when its process dies, so a killed run never blocks --resume.
-        lock = FileLock(self.out / LOCK_FILE, blocking=False)
+        lock = FileLock(self.out / LOCK_FILE)
         try:
-            lock.acquire()
+            lock.acquire(timeout=0)  # (filelock >= 3.0; no constructor options needed)
         except Timeout:
             raise InputError(f"another mainrag bench is writing to {self.out}; wait for it to finish "
                              "(or stop it) before resuming, or choose another --out") from None
         try:
+            self.items_file = JsonlFile(self.out / ITEMS_FILE, repair=True)
+            self.cache = CallCache(self.out / CALLS_FILE, repair=True)
             return await self._run_unlocked()
         finally:
             lock.release()
@@ -279,7 +311,17 @@ class Runner:
             limit=self.limit,
             sessions=[*map(redact, self.sessions), f"{started} {command}"],
         )
-        (self.out / RUN_FILE).write_text(info.model_dump_json(indent=2))
+        write_atomic(self.out / RUN_FILE, info.model_dump_json(indent=2))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``path`` holds either its old text or ``text``, never a part: a crash mid-write loses nothing."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def run_sync(runner: Runner) -> int:
