@@ -343,12 +343,25 @@ class ChromaStore:
 
     # -- passages -----------------------------------------------------------------
 
-    def stored_hashes(self, name: str, ids: Sequence[str]) -> dict[str, str | None]:
-        """Content hash of each of ``ids`` already stored (absent ids are left out)."""
+    def stored_metadata(self, name: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored metadata (content hash included) of each of ``ids`` already stored."""
         with self._errors(f"reading {name!r}"):
             got = self.collection(name).get(ids=list(ids), include=["metadatas"])
         metas = got.get("metadatas") or [None] * len(got["ids"])
-        return {i: (m or {}).get(HASH_KEY) for i, m in zip(got["ids"], metas, strict=True)}
+        return {i: dict(m or {}) for i, m in zip(got["ids"], metas, strict=True)}
+
+    def update_metadata(self, name: str, docs: Sequence[Document]) -> None:
+        """Replace the metadata of stored passages whose text is unchanged: no re-embedding."""
+        if not docs:
+            return
+        with self._errors(f"writing to {name!r}"):
+            # Chroma merges metadata on update; a key the new version dropped is removed with None.
+            old = self.stored_metadata(name, [d.id for d in docs])
+            metas = []
+            for d in docs:
+                new: dict[str, Any] = chroma_metadata(d)
+                metas.append({**dict.fromkeys(old.get(d.id, {})), **new})
+            self.collection(name).update(ids=[d.id for d in docs], metadatas=metas)  # type: ignore[arg-type]
 
     def upsert(self, name: str, docs: Sequence[Document]) -> None:
         """Embed and write passages (same id: replaced). Creates the collection."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, computed_field
 
-from mainrag.chroma import ChromaStore
+from mainrag.chroma import HASH_KEY, ChromaStore, chroma_metadata
 from mainrag.documents import Document, content_id, read_jsonl, record_passages
 from mainrag.errors import InputError
 
@@ -34,7 +34,8 @@ class IngestReport(BaseModel):
     conflicts: int = 0  # ... of which with different text (the first was kept)
     added: int = 0
     updated: int = 0  # stored before with other text: re-embedded
-    unchanged: int = 0  # stored before with the same text: skipped
+    metadata_updated: int = 0  # same text, other metadata: metadata written, not re-embedded
+    unchanged: int = 0  # stored before with the same text and metadata: skipped
     count: int = 0  # passages in the collection afterwards
     seconds: float = 0.0
 
@@ -83,18 +84,22 @@ def _batches(docs: Iterable[Document], size: int) -> Iterator[list[Document]]:
 
 
 def _write_batch(store: ChromaStore, collection: str, batch: Sequence[Document], report: IngestReport) -> None:
-    stored = store.stored_hashes(collection, [d.id for d in batch])
-    todo = []
+    stored = store.stored_metadata(collection, [d.id for d in batch])
+    todo, relabel = [], []
     for doc in batch:
         if doc.id not in stored:
             report.added += 1
             todo.append(doc)
-        elif stored[doc.id] != content_id(doc.title, doc.text):
+        elif stored[doc.id].get(HASH_KEY) != content_id(doc.title, doc.text):
             report.updated += 1
             todo.append(doc)
+        elif stored[doc.id] != chroma_metadata(doc):
+            report.metadata_updated += 1
+            relabel.append(doc)
         else:
             report.unchanged += 1
     store.upsert(collection, todo)
+    store.update_metadata(collection, relabel)
 
 
 def ingest(

@@ -94,6 +94,35 @@ def test_reingest_adds_nothing_and_a_changed_text_is_updated(files: list[Path], 
     assert store.query("idem", "How long is the Nile?", 1)[0].text == "The Nile is long."
 
 
+def test_a_metadata_only_change_is_written(store: ChromaStore, tmp_path: Path) -> None:
+    rows = [{"id": "n1", "title": "Nile", "text": "The Nile flows north.", "source": "wiki", "year": 2020},
+            {"id": "n2", "title": "Po", "text": "The Po flows east.", "source": "wiki"}]
+    ingest([write_jsonl(tmp_path / "a.jsonl", rows)], "meta", store=store, progress=False)
+    rows[0] = {**rows[0], "source": "atlas"}
+    del rows[0]["year"]
+    again = ingest([write_jsonl(tmp_path / "b.jsonl", rows)], "meta", store=store, progress=False)
+    assert (again.added, again.updated, again.metadata_updated, again.unchanged) == (0, 0, 1, 1)
+    hit = store.query("meta", "Which way does the Nile flow?", 1)[0]
+    assert hit.id == "n1" and hit.metadata.get("source") == "atlas" and "year" not in hit.metadata
+    assert ingest([tmp_path / "b.jsonl"], "meta", store=store, progress=False).unchanged == 2
+
+
+def test_an_interrupted_ingest_rerun_leaves_the_same_collection(store: ChromaStore, tmp_path: Path) -> None:
+    rows = [{"id": f"p{i}", "title": f"T{i}", "text": f"Passage number {i} about rivers."} for i in range(30)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    # The first run died after 12 passages (its batches of 5 landed, the last one part-way).
+    ingest([write_jsonl(tmp_path / "a" / "p.jsonl", rows[:12])], "cut", store=store, batch_size=5, progress=False)
+    ingest([write_jsonl(tmp_path / "b" / "p.jsonl", rows)], "ref", store=store, batch_size=5, progress=False)
+    whole = write_jsonl(tmp_path / "a" / "p.jsonl", rows)
+    rerun = ingest([whole], "cut", store=store, batch_size=5, progress=False)
+    assert (rerun.added, rerun.unchanged, rerun.count) == (18, 12, 30)
+    def dump(name: str) -> dict[str, tuple]:
+        got = store.collection(name).get(include=["documents", "metadatas"])
+        return {i: (d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)}
+    assert dump("cut") == dump("ref")
+
+
 def test_bad_input_is_an_input_error_naming_file_and_line(tmp_path: Path, store: ChromaStore) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "1", "text": "fine"}\n{"id": "2", "body": "no text field"}\n')

@@ -73,7 +73,7 @@ def ingest_cmd(
         return
     out.print(
         f"[bold]{safe(name)}[/] ({safe(store.settings.describe())}): {report.count} passages · "
-        f"{report.added} added, {report.updated} updated, {report.unchanged} unchanged, "
+        f"{report.added} added, {report.updated} updated, {report.metadata_updated} metadata updated, {report.unchanged} unchanged, "
         f"{report.duplicates} duplicates skipped"
         + (f" ([yellow]{report.conflicts} with a repeated id but other text[/])" if report.conflicts else "")
         + f" · {report.seconds:.1f}s ({report.passages_per_second:g} passages/s)"
