@@ -255,6 +255,7 @@ class MainRAG:
             score=decision.final[i], judges=judges,
             answer=answer if isinstance(answer, str) else None,
             votes=decision.votes[i] if decision.votes else None, retriever_rank=i + 1,
+            truncated=len(doc.content) > self.settings.max_doc_chars,
         )
 
     # -- sync convenience and lifecycle -------------------------------------

@@ -57,6 +57,8 @@ class ScoredDocument(BaseModel):
     retriever_rank: int  # 1-based position in the input
     rank: int | None = None  # 1-based position among kept documents
     kept: bool = False
+    # The agents read only the first ``max_doc_chars`` characters of it (title included).
+    truncated: bool = False
 
     @property
     def censored(self) -> bool:

@@ -239,3 +239,23 @@ async def test_a_hung_server_fails_within_the_filter_deadline() -> None:
             assert loop.time() - start < 5
     finally:
         server.stop()
+
+
+async def test_a_document_longer_than_the_budget_is_truncated_and_flagged(servers: Any) -> None:
+    good, _ = servers
+    seen: list[str] = []
+    respond = scorer(None)
+
+    def record(path: str, body: dict[str, Any]) -> Reply | None:
+        if path == "/v1/chat/completions":
+            seen.append(user_text(body))
+        return respond(path, body)
+
+    good.responder = record
+    long_doc = {"id": "long", "text": "Paris is the capital of France. " + "filler words " * 400 + "ENDMARK"}
+    async with MainRAG(backend=backend(good.url), judge_only=True, max_doc_chars=500) as rag:
+        result = await rag.filter("What is the capital of France?", [long_doc, DOCS[1]])
+    by_id = {d.id: d for d in result.kept + result.dropped}
+    assert by_id["long"].truncated is True and by_id["lyon"].truncated is False
+    assert by_id["long"].text == long_doc["text"]  # the result keeps the whole text
+    assert seen and not any("ENDMARK" in text for text in seen)  # the server got only the budget
