@@ -66,7 +66,11 @@ async def test_a_failing_judge_is_left_out_of_that_documents_consensus(servers: 
     by_id = {d.id: d for d in result.kept + result.dropped}
     assert by_id["fail"].judges["flaky"].score is None
     assert "judge crashed" in (by_id["fail"].judges["flaky"].error or "")
-    assert by_id["fail"].judges["good"].score is not None and by_id["fail"].score is not None
+    good_view = by_id["fail"].judges["good"]
+    assert good_view.score == pytest.approx(math.log(0.05 / 0.95))  # the good judge still scored it
+    # Its consensus is the good judge's alone (mean z over the judges that answered).
+    assert by_id["fail"].score == pytest.approx(good_view.z)
+    assert by_id["oslo"].score == pytest.approx((by_id["oslo"].judges["good"].z + by_id["oslo"].judges["flaky"].z) / 2)
     assert result.kept[0].id == "paris"
     assert by_id["oslo"].kept is False
 
