@@ -350,17 +350,14 @@ class ChromaStore:
         metas = got.get("metadatas") or [None] * len(got["ids"])
         return {i: dict(m or {}) for i, m in zip(got["ids"], metas, strict=True)}
 
-    def update_metadata(self, name: str, docs: Sequence[Document]) -> None:
-        """Replace the metadata of stored passages whose text is unchanged: no re-embedding."""
+    def update_metadata(self, name: str, docs: Sequence[Document], stored: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace the metadata of stored passages whose text is unchanged: no re-embedding.
+        ``stored`` is their metadata now (from :meth:`stored_metadata`)."""
         if not docs:
             return
+        # Chroma merges metadata on update; a key the new version dropped is removed with None.
+        metas = [{**dict.fromkeys(stored.get(d.id, {})), **chroma_metadata(d)} for d in docs]
         with self._errors(f"writing to {name!r}"):
-            # Chroma merges metadata on update; a key the new version dropped is removed with None.
-            old = self.stored_metadata(name, [d.id for d in docs])
-            metas = []
-            for d in docs:
-                new: dict[str, Any] = chroma_metadata(d)
-                metas.append({**dict.fromkeys(old.get(d.id, {})), **new})
             self.collection(name).update(ids=[d.id for d in docs], metadatas=metas)  # type: ignore[arg-type]
 
     def upsert(self, name: str, docs: Sequence[Document]) -> None:

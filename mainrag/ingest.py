@@ -99,7 +99,7 @@ def _write_batch(store: ChromaStore, collection: str, batch: Sequence[Document],
         else:
             report.unchanged += 1
     store.upsert(collection, todo)
-    store.update_metadata(collection, relabel)
+    store.update_metadata(collection, relabel, stored)
 
 
 def ingest(

@@ -34,6 +34,7 @@ from pydantic import BaseModel
 
 from mainrag.backends.llamacpp_cpu import AMX, VARIANTS, best_variant, cpu_info
 from mainrag.errors import BackendError, ConfigError
+from mainrag.files import write_atomic
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -265,9 +266,7 @@ def amx_probe(model_path: Path) -> bool:
         result = run_probe(model_path, variant=variant, extra_bufts=True)
         verdicts[key] = {"ok": result.ok, "detail": result.detail, "cpu": cpu_info().model}
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(verdicts, indent=1))
-        tmp.replace(cache_file)
+        write_atomic(cache_file, json.dumps(verdicts, indent=1))
     return bool(verdicts[key]["ok"])
 
 

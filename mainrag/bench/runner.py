@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import platform
 import shlex
 import sys
@@ -42,6 +41,7 @@ from mainrag.bench.systems import (
 from mainrag.config import Settings
 from mainrag.engine import MainRAG
 from mainrag.errors import ConfigError, InputError
+from mainrag.files import write_atomic
 from mainrag.redact import redact
 from mainrag.retrieval import Retriever
 
@@ -312,16 +312,6 @@ class Runner:
             sessions=[*map(redact, self.sessions), f"{started} {command}"],
         )
         write_atomic(self.out / RUN_FILE, info.model_dump_json(indent=2))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """``path`` holds either its old text or ``text``, never a part: a crash mid-write loses nothing."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def run_sync(runner: Runner) -> int:
