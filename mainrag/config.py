@@ -24,7 +24,7 @@ from mainrag.errors import ConfigError
 from mainrag.models import DEFAULT_MODEL
 from mainrag.prompts import Layout
 from mainrag.redact import redact_url
-from mainrag.threshold import ConsensusMode
+from mainrag.threshold import ConsensusMode, Fallback, FinalOrder
 
 _TOML: ContextVar[Path | None] = ContextVar("mainrag_toml", default=None)
 
@@ -123,6 +123,11 @@ class Settings(BaseSettings):
     max_keep: int | None = Field(None, ge=1)
     consensus: ConsensusMode = "mean"
     quorum: int | None = Field(None, ge=1)
+    # The retriever's order as one more voice of the consensus, weighed against one judge's 1
+    # (0: the judges alone, the paper). It costs no model call.
+    retriever_weight: float = Field(1.0, ge=0)
+    fallback: Fallback = Field(default_factory=Fallback)  # do no harm when the judges cannot tell
+    final_order: FinalOrder = "best_first"  # how the Final-Predictor reads the kept documents
     # The paper's order (document, question, answer): measured on PopQA
     # (benchmarks/RESULTS.md) it ranks passages better with the default 1.5B
     # judge. "prefix" is ~20% faster and better with the 0.5B.

@@ -22,7 +22,7 @@ from mainrag.errors import BackendError, InputError, JudgeError, MainRAGError
 from mainrag.prompts import judge_template_name, load_template
 from mainrag.results import AnswerResult, FilterResult, JudgeScore, ScoredDocument, Usage
 from mainrag.retrieval import Retriever
-from mainrag.threshold import Decision, decide
+from mainrag.threshold import Decision, decide, final_order
 
 T = TypeVar("T")
 logger = logging.getLogger("mainrag")
@@ -153,7 +153,9 @@ class MainRAG:
                 with _timed(timings, "retrieve"):
                     documents = await self.retriever.retrieve(query, self.settings.top_k)
             filtered = await self.filter(query, documents)
-            kept = [Document(id=d.id, text=d.text, title=d.title) for d in filtered.kept]
+            by_rank = {d.retriever_rank: d for d in filtered.kept}
+            ranks = final_order(list(by_rank), self.settings.final_order)
+            kept = [Document(id=d.id, text=d.text, title=d.title) for d in (by_rank[r] for r in ranks)]
             with _timed(timings, "final"):
                 gen = await self.final_predictor.answer(query, kept)
         final = Usage()
@@ -202,8 +204,9 @@ class MainRAG:
             if isinstance(root, BackendError):  # e.g. the server is down: say so, not "judges failed"
                 raise BackendError(str(root)) from None
             raise JudgeError(f"every judge failed on every document; first error: {_error(first)}")
-        s = self.settings
-        decision = decide(matrix, n=s.n, mode=s.consensus, quorum=s.quorum, min_keep=s.min_keep, max_keep=s.max_keep)
+        # Every judge mostly censored: their scores are bounds, not a ranking.
+        distrust = "mostly censored scores" if warnings and len(warnings) == len(self.judges) else None
+        decision = self.decide(matrix, distrust=distrust)
         scored = [self._scored(i, d, answers[i], verdicts, decision) for i, d in enumerate(docs)]
         kept = [scored[i] for i in decision.kept]
         for rank, doc in enumerate(kept, 1):
@@ -211,8 +214,17 @@ class MainRAG:
         failed = {j.name: sum(isinstance(v, BaseException) for v in verdicts[k]) for k, j in enumerate(self.judges)}
         return FilterResult(
             query=query, kept=kept, dropped=[d for d in scored if not d.kept], bar=decision.bar,
+            fallback=decision.fallback,
             judges=[j.name for j in self.judges], failed_judgements={k: v for k, v in failed.items() if v},
             warnings=warnings,
+        )
+
+    def decide(self, matrix: np.ndarray, *, distrust: str | None = None) -> Decision:
+        """The settings' bar over a (documents x judges) score matrix in retriever order."""
+        s = self.settings
+        return decide(
+            matrix, n=s.n, mode=s.consensus, quorum=s.quorum, min_keep=s.min_keep, max_keep=s.max_keep,
+            retriever_weight=s.retriever_weight, fallback=s.fallback, distrust=distrust,
         )
 
     def _censored(self, verdicts: list[list[Judgement | BaseException]]) -> list[str]:
@@ -255,6 +267,7 @@ class MainRAG:
             score=decision.final[i], judges=judges,
             answer=answer if isinstance(answer, str) else None,
             votes=decision.votes[i] if decision.votes else None, retriever_rank=i + 1,
+            retriever_z=decision.retriever_z[i] if decision.retriever_z else None,
             truncated=len(doc.content) > self.settings.max_doc_chars,
         )
 

@@ -55,6 +55,7 @@ class ScoredDocument(BaseModel):
     answer: str | None = None  # the Predictor's answer from this document alone
     votes: int | None = None  # keep-votes in vote/unanimous consensus
     retriever_rank: int  # 1-based position in the input
+    retriever_z: float | None = None  # the retriever's voice in the consensus (its z-scored rank)
     rank: int | None = None  # 1-based position among kept documents
     kept: bool = False
     # The agents read only the first ``max_doc_chars`` characters of it (title included).
@@ -75,6 +76,7 @@ class FilterResult(BaseModel):
     judges: list[str]
     failed_judgements: dict[str, int] = Field(default_factory=dict)  # judge -> documents it failed on
     warnings: list[str] = Field(default_factory=list)  # e.g. a judge whose scores are mostly censored
+    fallback: str | None = None  # why the retriever's top documents were kept instead (do no harm)
     timings: dict[str, float] = Field(default_factory=dict)  # seconds per stage
     usage: Usage = Field(default_factory=Usage)
     stages: dict[str, Usage] = Field(default_factory=dict)  # predict, judge: tokens per stage

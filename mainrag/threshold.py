@@ -13,6 +13,16 @@ z-normalised within the query (their scales differ) and then combined:
 With one judge the final score is that judge's raw log-odds, so tau is in the
 paper's units. A judge that failed on a document (NaN) is left out of that
 document's consensus; a document no judge scored is dropped.
+
+Two more rules, both off at their zero values:
+
+- the retriever's order is one more voice (``retriever_weight`` w): its
+  z-scored rank joins the judges' z-scores in a weighted mean (a judge
+  weighs 1), and in vote/unanimous modes it votes like a judge;
+- do no harm (:class:`Fallback`): when the judges cannot tell the documents
+  apart (a flat spread, every score far below zero, or mostly censored
+  scores, as the caller reports) the retriever's top documents are kept
+  instead of half of them at random, and the decision says why.
 """
 
 from __future__ import annotations
@@ -21,9 +31,10 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 ConsensusMode = Literal["mean", "vote", "unanimous"]
+FinalOrder = Literal["best_first", "best_last", "retriever"]
 
 # Scores equal in exact arithmetic can differ from their own mean by rounding.
 _TOL = 1e-9
@@ -41,14 +52,25 @@ class Bar(BaseModel):
     judge_taus: list[float] = []
 
 
+class Fallback(BaseModel):
+    """Do no harm: when to distrust the judges, and what to keep then."""
+
+    enabled: bool = True
+    keep: int = Field(5, ge=1)  # the retriever's top documents kept instead
+    min_std: float = Field(0.25, ge=0)  # a spread of raw scores below this (every judge) is flat
+    min_best: float = -3.0  # every raw score below this: no document is worth keeping by its judges
+
+
 class Decision(BaseModel):
     """Which documents survive, in output order, and why."""
 
     final: list[float | None]  # per input document, None if unscored
     z: list[list[float | None]]  # per document, per judge
+    retriever_z: list[float] | None = None  # per document, the retriever's voice (None: not a voice)
     votes: list[int | None] | None
     kept: list[int]  # indices into the input, best first
     bar: Bar
+    fallback: str | None = None  # why the judges were overruled by the retriever's order
 
 
 def judge_bar(scores: NDArray[np.float64], n: float) -> tuple[float, float, float]:
@@ -76,6 +98,35 @@ def _order(final: NDArray[np.float64], idx: NDArray[np.intp]) -> list[int]:
     return [int(i) for i in sorted(idx, key=lambda i: (-final[i], i))]
 
 
+def retriever_voice(n_docs: int) -> NDArray[np.float64]:
+    """The retriever's order as a z-scored rank: the first document highest."""
+    return zscores(-np.arange(n_docs, dtype=np.float64)[:, None])[:, 0]
+
+
+def uninformative(m: NDArray[np.float64], rule: Fallback) -> str | None:
+    """Why the judges' raw scores cannot separate the documents, if they cannot."""
+    if m.shape[0] < 2:
+        return None
+    spread = np.nanstd(m, axis=0)
+    if np.all(np.nan_to_num(spread, nan=0.0) < rule.min_std):
+        return f"flat scores: every judge's spread is below {rule.min_std:g} (largest {np.nanmax(spread):.3g})"
+    best = float(np.nanmax(m))
+    if best < rule.min_best:
+        return f"every score is below {rule.min_best:g} (best {best:.3g}): no document convinced a judge"
+    return None
+
+
+def _combine(z: NDArray[np.float64], voice: NDArray[np.float64] | None, weight: float) -> NDArray[np.float64]:
+    """Weighted mean of the z-scores of the judges that answered and the retriever's voice."""
+    answered = ~np.isnan(z)
+    total = np.where(answered, z, 0.0).sum(axis=1)
+    count = answered.sum(axis=1).astype(np.float64)
+    if voice is not None:
+        total, count = total + weight * voice, count + weight
+    with np.errstate(all="ignore"):
+        return np.where(answered.any(axis=1), total / count, np.nan)
+
+
 def decide(
     scores: NDArray[np.float64] | list[list[float]],
     *,
@@ -84,8 +135,12 @@ def decide(
     quorum: int | None = None,
     min_keep: int = 1,
     max_keep: int | None = None,
+    retriever_weight: float = 0.0,
+    fallback: Fallback | None = None,
+    distrust: str | None = None,
 ) -> Decision:
-    """Apply the bar to a (documents x judges) score matrix (NaN = failed)."""
+    """Apply the bar to a (documents x judges) score matrix (NaN = failed), rows in
+    retriever order; ``distrust`` is the caller's reason to fall back (e.g. censoring)."""
     m = np.asarray(scores, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] == 0:
         raise ValueError("scores must be a non-empty documents x judges matrix")
@@ -93,35 +148,56 @@ def decide(
     if not scored.any():
         raise ValueError("no document was scored by any judge")
     z = zscores(m)
-    with np.errstate(all="ignore"):
-        final = m[:, 0].copy() if m.shape[1] == 1 else np.nanmean(z, axis=1)
+    voice = retriever_voice(m.shape[0]) if retriever_weight > 0 else None
+    final = m[:, 0].copy() if m.shape[1] == 1 and voice is None else _combine(z, voice, retriever_weight)
     tau, mean, std = judge_bar(final[scored], n)
     bar = Bar(tau=tau, mean=mean, std=std, n=n, mode=mode, quorum=quorum)
     votes: NDArray[np.int64] | None = None
     if mode == "mean":
         passed = scored & at_least(np.nan_to_num(final, nan=-np.inf), tau)
     else:
-        taus = [judge_bar(m[:, j], n)[0] for j in range(m.shape[1])]
-        bar.judge_taus = taus
-        answered = (~np.isnan(m)).sum(axis=1)
-        votes = sum(
-            (at_least(np.nan_to_num(m[:, j], nan=-np.inf), t).astype(np.int64) for j, t in enumerate(taus)),
-            start=np.zeros(m.shape[0], dtype=np.int64),
-        )
-        need = answered if mode == "unanimous" else (
-            np.full(m.shape[0], quorum) if quorum else np.ceil(answered / 2)
-        )
-        passed = scored & (votes >= need)
+        voters = m if voice is None else np.column_stack([m, voice])
+        votes, passed, bar.judge_taus = _vote(voters, scored, n, mode, quorum)
     kept = _order(final, np.flatnonzero(passed))
     if len(kept) < min_keep:  # e.g. n < 0 or a strict quorum emptied the result
         rest = _order(final, np.flatnonzero(scored & ~passed))
         kept += rest[: min_keep - len(kept)]
+    reason = None
+    if fallback is not None and fallback.enabled:
+        reason = distrust or uninformative(m, fallback)
+        if reason:
+            kept = _order(final, np.flatnonzero(scored)[: fallback.keep])  # the retriever's top, best first
     if max_keep is not None:
         kept = kept[:max_keep]
     return Decision(
         final=[None if np.isnan(v) else float(v) for v in final],
         z=[[None if np.isnan(v) else float(v) for v in row] for row in z],
+        retriever_z=None if voice is None else [float(v) for v in voice],
         votes=None if votes is None else [int(v) if s else None for v, s in zip(votes, scored, strict=True)],
         kept=kept,
         bar=bar,
+        fallback=reason,
     )
+
+
+def _vote(
+    m: NDArray[np.float64], scored: NDArray[np.bool_], n: float, mode: ConsensusMode, quorum: int | None
+) -> tuple[NDArray[np.int64], NDArray[np.bool_], list[float]]:
+    """Each voice's own bar; a document passes at the quorum (or every vote: unanimous)."""
+    taus = [judge_bar(m[:, j], n)[0] for j in range(m.shape[1])]
+    answered = (~np.isnan(m)).sum(axis=1)
+    votes = sum(
+        (at_least(np.nan_to_num(m[:, j], nan=-np.inf), t).astype(np.int64) for j, t in enumerate(taus)),
+        start=np.zeros(m.shape[0], dtype=np.int64),
+    )
+    need = answered if mode == "unanimous" else (np.full(m.shape[0], quorum) if quorum else np.ceil(answered / 2))
+    return votes, scored & (votes >= need), taus
+
+
+def final_order(kept: list[int], order: FinalOrder) -> list[int]:
+    """The kept documents (best first) in the order the Final-Predictor reads them."""
+    if order == "best_last":
+        return kept[::-1]
+    if order == "retriever":
+        return sorted(kept)
+    return list(kept)

@@ -158,6 +158,42 @@ def test_precision_leaves_out_questions_no_candidate_answers(tmp_path: Path, mon
     assert main_rag.items == 2 and main_rag.precision == 1.0 and main_rag.auc_items == 1
 
 
+def test_noise_sweep_positions_share_their_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--gold-at keeps one answer-bearing passage among k-1 distractors at the chosen slot;
+    a second position over the same passages (one --calls file) repeats no per-document call."""
+    data = tmp_path / "d.jsonl"
+    ctxs = [{"id": f"p{i}", "text": "Paris is the capital of France."} for i in range(2)]
+    ctxs += [{"id": f"b{i}", "text": f"Berlin fact {i}."} for i in range(4)]
+    rows = [{"question": f"Capital {i}?", "answers": ["Paris"], "ctxs": ctxs} for i in range(2)]
+    rows.append({"question": "Too clean?", "answers": ["Paris"], "ctxs": ctxs[:2] + ctxs[2:3]})  # 1 distractor
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    calls = tmp_path / "shared-calls.jsonl"
+    counted: dict[str, ScriptedBackend] = {}
+
+    def run(at: str) -> list[dict]:
+        counted[at] = backend = ScriptedBackend()
+        monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=backend))
+        config = RunConfig(dataset="triviaqa", data="", systems=["rag", "main-rag", "mainrag"], k=4,
+                           model="scripted", gold_at=at)
+        out = tmp_path / at
+        assert asyncio.run(Runner(config, Settings(), out, resume=False, data=data, progress=False,
+                                  calls=calls).run()) == 2
+        info = json.loads((out / "run.json").read_text())
+        assert info["skipped"] == 1 and info["config"]["gold_at"] == at and info["calls"] == str(calls)
+        return read_items(out)
+
+    middle, last = run("middle"), run("last")
+    for rows_, slot in ((middle, 1), (last, 3)):
+        for row in rows_:
+            assert [c["has_answer"] for c in row["candidates"]] == [i == slot for i in range(4)]
+            assert [c["id"] for c in row["candidates"] if not c["has_answer"]] == ["b0", "b1", "b2"]
+    assert counted["middle"].calls["judge"] == 2 * 4
+    # The second position: no prediction, no judgement; only the answers over a new order: rag's,
+    # and mainrag's (its retriever voice moved with the gold passage); main-rag's kept list is the same.
+    assert counted["last"].calls == Counter({"generate": 2 * 2})
+    assert not (tmp_path / "last" / "calls.jsonl").exists()
+
+
 class MisjudgingBackend(ScriptedBackend):
     """A judge that prefers the documents without the answer."""
 

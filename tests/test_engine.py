@@ -25,8 +25,9 @@ def candidates() -> tuple[str, list]:
 
 async def test_filter_scores_every_document_and_orders_by_score(candidates: tuple[str, list]) -> None:
     question, docs = candidates
-    async with MainRAG(backend=TINY) as rag:
+    async with MainRAG(backend=TINY, fallback={"enabled": False}) as rag:  # the bar alone
         result = await rag.filter(question, docs)
+    assert result.fallback is None
     everything = result.kept + result.dropped
     assert sorted(d.id for d in everything) == sorted(d.id for d in docs)
     assert all(d.score is not None and math.isfinite(d.score) for d in everything)
@@ -53,15 +54,30 @@ async def test_judge_only_skips_the_predictor(candidates: tuple[str, list]) -> N
 async def test_two_judges_vote_and_report_each_score(candidates: tuple[str, list]) -> None:
     question, docs = candidates
     judges = [JudgeSettings(name="paper", layout="paper"), JudgeSettings(name="prefix", layout="prefix")]
-    async with MainRAG(backend=TINY, judges=judges, consensus="vote") as rag:
+    async with MainRAG(backend=TINY, judges=judges, consensus="vote", fallback={"enabled": False}) as rag:
         result = await rag.filter(question, docs)
     assert result.judges == ["paper", "prefix"]
     for d in result.kept + result.dropped:
         assert set(d.judges) == {"paper", "prefix"}
         assert all(j.score is not None and j.z is not None for j in d.judges.values())
-        assert d.votes is not None and 0 <= d.votes <= 2
-    assert len(result.bar.judge_taus) == 2
-    assert all(d.votes >= 1 for d in result.kept)  # quorum: 1 of 2 judges
+        assert d.votes is not None and 0 <= d.votes <= 3  # two judges and the retriever's voice
+        assert d.retriever_z is not None
+    assert len(result.bar.judge_taus) == 3
+    assert all(d.votes >= 2 for d in result.kept)  # quorum: 2 of 3 voices
+
+
+async def test_judges_that_cannot_tell_fall_back_to_the_retrievers_top(candidates: tuple[str, list]) -> None:
+    """Do no harm: a spread below min_std (here every spread) keeps the retriever's top
+    ``keep`` documents and says why; the Final-Predictor reads them in retriever order."""
+    question, docs = candidates
+    fallback = {"min_std": 1e6, "keep": 2}
+    async with MainRAG(backend=TINY, fallback=fallback, final_order="retriever", judge_only=True) as rag:
+        result = await rag.answer(question, docs)
+    assert result.filter.fallback and "flat scores" in result.filter.fallback
+    assert sorted(d.retriever_rank for d in result.filter.kept) == [1, 2]
+    assert result.citations == [docs[0].id, docs[1].id]
+    async with MainRAG(backend=TINY, judge_only=True, fallback={"enabled": False}) as rag:
+        assert (await rag.filter(question, docs)).fallback is None
 
 
 def record_generations(rag: MainRAG, monkeypatch: pytest.MonkeyPatch) -> list[Prompt]:
@@ -94,7 +110,7 @@ def check_citations(result: AnswerResult, candidates: list[Document], prompts: l
 
 async def test_answer_cites_the_kept_documents(candidates: tuple[str, list], monkeypatch: pytest.MonkeyPatch) -> None:
     question, docs = candidates
-    async with MainRAG(backend=TINY) as rag:
+    async with MainRAG(backend=TINY, fallback={"enabled": False}) as rag:
         prompts = record_generations(rag, monkeypatch)
         result = await rag.answer(question, docs)
     assert result.answer.strip()

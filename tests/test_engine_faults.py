@@ -60,7 +60,7 @@ def servers() -> Any:
 async def test_a_failing_judge_is_left_out_of_that_documents_consensus(servers: Any) -> None:
     good, flaky = servers
     judges = [JudgeSettings(name="good"), JudgeSettings(name="flaky", backend=backend(flaky.url))]
-    async with MainRAG(backend=backend(good.url), judges=judges) as rag:
+    async with MainRAG(backend=backend(good.url), judges=judges, retriever_weight=0) as rag:  # the judges alone
         result = await rag.filter("What is the capital of France?", DOCS)
     assert result.failed_judgements == {"flaky": 1}
     by_id = {d.id: d for d in result.kept + result.dropped}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mainrag.threshold import decide
+from mainrag.threshold import Fallback, decide, final_order, retriever_voice
 
 scores_1d = st.lists(
     st.floats(min_value=-30, max_value=30, allow_nan=False, allow_infinity=False), min_size=1, max_size=25
@@ -114,3 +114,42 @@ def test_output_is_descending_and_within_bounds(rows: list[list[float]], mode: s
 def test_single_judge_final_score_is_the_raw_score(xs: list[float]) -> None:
     d = decide(col(xs))
     assert np.allclose(d.final, xs)
+
+
+def test_the_retriever_is_one_more_voice_weighted_against_a_judge() -> None:
+    # One judge that ranks the last document best; the retriever ranks it worst.
+    judge = [1.0, 2.0, 3.0, 4.0]
+    zj = (np.array(judge) - 2.5) / np.std(judge)
+    zr = retriever_voice(4)
+    assert zr == pytest.approx(-zj)  # ranks 1..4 against scores 1..4: mirror images
+    d = decide(col(judge), retriever_weight=0.5)
+    assert d.final == pytest.approx(list((zj + 0.5 * zr) / 1.5))
+    assert d.retriever_z == pytest.approx(list(zr))
+    assert d.kept == [3, 2]  # the judge still outweighs the retriever
+    assert decide(col(judge), retriever_weight=2.0).kept == [0, 1]  # now the retriever does
+    assert decide(col(judge)).retriever_z is None  # weight 0: the paper, raw log-odds
+    # In vote mode it votes: the judge keeps 2, 3; the retriever 0, 1; quorum 1 of 2 keeps all.
+    assert sorted(decide(col(judge), retriever_weight=1.0, mode="vote").kept) == [0, 1, 2, 3]
+    assert decide(col(judge), retriever_weight=1.0, mode="unanimous", min_keep=0).kept == []
+
+
+def test_do_no_harm_keeps_the_retrievers_top_and_says_why() -> None:
+    rule = Fallback(keep=2, min_std=0.25, min_best=-3.0)
+    flat = decide(col([0.10, 0.12, 0.30, 0.11]), fallback=rule)
+    assert flat.fallback and "flat" in flat.fallback and sorted(flat.kept) == [0, 1]
+    hopeless = decide(col([-9.0, -5.0, -4.0, -8.0]), fallback=rule)
+    assert hopeless.fallback and "below -3" in hopeless.fallback and hopeless.kept == [1, 0]  # best first
+    told = decide(col([1.0, 5.0, 2.0]), fallback=rule, distrust="mostly censored")
+    assert told.fallback == "mostly censored" and sorted(told.kept) == [0, 1]
+    fine = decide(col([1.0, 5.0, 2.0, 0.0]), fallback=rule)
+    assert fine.fallback is None and fine.kept == [1, 2]
+    off = decide(col([0.10, 0.12, 0.30, 0.11]), fallback=Fallback(enabled=False))
+    assert off.fallback is None and off.kept == [2]
+    # A document no judge scored is never among the fallback's picks.
+    assert decide([[float("nan")], [0.1], [0.1], [0.1]], fallback=rule).kept == [1, 2]
+
+
+def test_final_order() -> None:
+    assert final_order([3, 0, 2], "best_first") == [3, 0, 2]
+    assert final_order([3, 0, 2], "best_last") == [2, 0, 3]
+    assert final_order([3, 0, 2], "retriever") == [0, 2, 3]

@@ -171,6 +171,9 @@ def markdown(summary: Summary, rows: list[dict[str, Any]] | None = None) -> str:
     info = summary.info
     c = info.config
     own = f"each record's own passages, top {c.k}"
+    if c.gold_at:
+        own = (f"noise sweep: one answer-bearing passage at the {c.gold_at} of {c.k}, the other {c.k - 1} the "
+               f"record's own passages without an answer ({info.skipped} records of the file skipped: too few)")
     lines = [
         f"# {summary.dataset}: {summary.items} items, model `{c.model}` ({c.backend})",
         "",
@@ -178,6 +181,7 @@ def markdown(summary: Summary, rows: list[dict[str, Any]] | None = None) -> str:
         f"- data: `{c.data}`; candidates: {c.retriever or own}",
         f"- model sha256: `{info.model_sha256 or 'n/a'}`; prompts sha256: `{info.prompts_sha256}`",
         f"- seed {c.seed} (greedy decoding); embedding-filter threshold {c.embedding_threshold}",
+        f"- settings: {', '.join(f'{k}={v}' for k, v in c.settings.items() if not k.startswith('backend.'))}",
         f"- machine: {info.machine}; first started {info.started} (UTC)",
         f"- versions: {', '.join(f'{k} {v}' for k, v in info.versions.items())}",
         "",

@@ -31,6 +31,7 @@ from mainrag.bench.datasets import (
     load_items,
 )
 from mainrag.bench.systems import (
+    CALL_BACKEND_FIELDS,
     Agents,
     SystemOutcome,
     Workbench,
@@ -38,6 +39,7 @@ from mainrag.bench.systems import (
     minilm_embedder,
     validate_systems,
 )
+from mainrag.bench.variants import GoldAt, gold_at
 from mainrag.config import Settings
 from mainrag.engine import MainRAG
 from mainrag.errors import ConfigError, InputError
@@ -61,12 +63,13 @@ class RunConfig(BaseModel):
     retriever: str | None = None  # "chroma:NAME", else the records' own passages
     embedding_threshold: float = 0.5
     seed: int = 0  # llama.cpp seed; decoding is greedy
+    gold_at: GoldAt | None = None  # the noise sweep: one answer-bearing passage among k-1 distractors, here
     # The settings that change what a call sends or how results are made (from options, TOML
     # or MAINRAG_* variables alike); transport settings such as timeouts and URLs are left out.
     settings: dict[str, Any] = Field(default_factory=dict)
 
     def must_match(self, other: RunConfig) -> None:
-        fields = ["dataset", "systems", "k", "backend", "model", "retriever", "embedding_threshold"]
+        fields = ["dataset", "systems", "k", "backend", "model", "retriever", "embedding_threshold", "gold_at"]
         if self.data_sha256 and other.data_sha256:  # runs started before it was recorded have none
             fields.append("data_sha256")
         diff = [f for f in fields if getattr(self, f) != getattr(other, f)]
@@ -82,21 +85,20 @@ class RunConfig(BaseModel):
 
 
 # What changes a call's prompt, its decoding or the filter's arithmetic; the rest is transport.
-_CALL_BACKEND_FIELDS = {"kind", "model", "n_ctx", "judge_max_tokens", "extra_body", "yes_no_token_ids",
-                        "yes_token_ids", "no_token_ids", "top_logprobs"}
 _CALL_FIELDS = {"n", "min_keep", "max_keep", "consensus", "quorum", "layout", "judge_only", "predictor_prompt",
+                "retriever_weight", "fallback", "final_order",
                 "final_prompt", "answer_max_tokens", "final_max_tokens", "max_doc_chars"}
 
 
 def call_settings(settings: Settings) -> dict[str, Any]:
     """The settings a resumed run must share, flattened to ``a.b`` keys."""
     flat: dict[str, Any] = settings.model_dump(mode="json", include=_CALL_FIELDS)
-    backend = settings.backend.model_dump(mode="json", include=_CALL_BACKEND_FIELDS)
+    backend = settings.backend.model_dump(mode="json", include=CALL_BACKEND_FIELDS)
     flat.update({f"backend.{k}": v for k, v in backend.items()})
     for i, judge in enumerate(settings.judges):
         shown = judge.model_dump(mode="json", exclude_none=True, exclude={"backend"})
         if judge.backend is not None:
-            shown["backend"] = judge.backend.model_dump(mode="json", include=_CALL_BACKEND_FIELDS)
+            shown["backend"] = judge.backend.model_dump(mode="json", include=CALL_BACKEND_FIELDS)
         flat[f"judges.{i}"] = shown
     return flat
 
@@ -112,6 +114,8 @@ class RunInfo(BaseModel):
     prompts_sha256: str
     versions: dict[str, str]
     limit: int | None = None
+    skipped: int = 0  # records of the file --gold-at cannot use (no answer-bearing passage or too few distractors)
+    calls: str = CALLS_FILE  # the call cache (shared between runs with --calls)
     sessions: list[str] = Field(default_factory=list)  # "<UTC time> <command>" of each start and resume
 
 
@@ -159,6 +163,7 @@ def evaluate(spec: DatasetSpec, item: BenchItem, labels: list[bool], out: System
         "precision": precision,
         "recall": recall,
         "auc": auc,
+        **({"fallback": out.fallback} if out.fallback else {}),
         **describe(out),
     }
     if parsed is not None or spec.metric == "choice":
@@ -171,7 +176,7 @@ def item_row(spec: DatasetSpec, item: BenchItem, labels: list[bool], bench: Work
     """The JSONL record of one finished item: gold, candidates, every score, every system."""
     signals: dict[str, Any] = {}
     for name in ("predict", "judge", "judge-prefix", "judge-conversation", "judge-only", "llm-filter"):
-        calls = [bench.cache.get(f"{item.key}|{name}|{i}") for i in range(len(item.documents))]
+        calls = [bench.cache.get(bench.key(f"{name}|{d.id}")) for d in item.documents]
         if any(c is not None for c in calls):
             signals[name] = [None if c is None else (c.score if c.score is not None else c.text) for c in calls]
     return {
@@ -214,8 +219,11 @@ class Runner:
     """A resumable benchmark run writing into one output directory."""
 
     def __init__(self, config: RunConfig, settings: Settings, out_dir: Path, *, resume: bool,
-                 limit: int | None = None, data: Path | None = None, progress: bool = True):
+                 limit: int | None = None, data: Path | None = None, progress: bool = True,
+                 calls: Path | None = None):
         self.config, self.settings, self.out = config, settings, out_dir
+        self.calls_path = calls or out_dir / CALLS_FILE
+        self.skipped = 0
         self.spec = get_spec(config.dataset)
         self.path = dataset_path(self.spec, data)
         self.config.data = str(self.path)
@@ -245,21 +253,27 @@ class Runner:
         """Run the unfinished items; return how many were finished now."""
         # Two runs appending to one directory would repeat items; the OS drops
         # the lock when its process dies, so a killed run never blocks --resume.
-        lock = FileLock(self.out / LOCK_FILE)
+        locks = [FileLock(self.out / LOCK_FILE), FileLock(f"{self.calls_path}.lock")]
+        held: list[FileLock] = []
         try:
-            lock.acquire(timeout=0)  # (filelock >= 3.0; no constructor options needed)
+            for lock in locks:
+                lock.acquire(timeout=0)  # (filelock >= 3.0; no constructor options needed)
+                held.append(lock)
         except Timeout:
-            raise InputError(f"another mainrag bench is writing to {self.out}; wait for it to finish "
-                             "(or stop it) before resuming, or choose another --out") from None
+            for lock in held:
+                lock.release()
+            raise InputError(f"another mainrag bench is writing to {self.out} or {self.calls_path}; wait for it "
+                             "to finish (or stop it) before resuming, or choose another --out") from None
         try:
             self.items_file = JsonlFile(self.out / ITEMS_FILE, repair=True)
-            self.cache = CallCache(self.out / CALLS_FILE, repair=True)
+            self.cache = CallCache(self.calls_path, repair=True)
             return await self._run_unlocked()
         finally:
-            lock.release()
+            for lock in held:
+                lock.release()
 
     async def _run_unlocked(self) -> int:
-        items = load_items(self.spec, self.path, k=self.config.k, limit=self.limit)
+        items = self._items()
         if self.config.retriever:
             await retrieve_all(items, make_retriever(self.config.retriever), self.config.k)
         done = self.done_keys()
@@ -296,6 +310,19 @@ class Runner:
             await rag.aclose()
         return len(todo)
 
+    def _items(self) -> list[BenchItem]:
+        c = self.config
+        if c.gold_at is None:
+            return load_items(self.spec, self.path, k=c.k, limit=self.limit)
+        if c.retriever:
+            raise InputError("--gold-at builds on the records' own passages; drop --retriever")
+        every = load_items(self.spec, self.path, k=10**9)
+        usable, self.skipped = gold_at(every, c.gold_at, c.k)
+        if not usable:
+            raise InputError(f"--gold-at: no record of {self.path} has an answer-bearing passage and "
+                             f"{c.k - 1} distractors; lower -k")
+        return usable[: self.limit]
+
     def _write_info(self, agents: Agents) -> None:
         # run.json is shared with the results: a --base-url with credentials must not travel with it.
         command = redact(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]))
@@ -309,6 +336,8 @@ class Runner:
             prompts_sha256=agents.prompts_hash(),
             versions=_versions(),
             limit=self.limit,
+            skipped=self.skipped,
+            calls=str(self.calls_path) if self.calls_path != self.out / CALLS_FILE else CALLS_FILE,
             sessions=[*map(redact, self.sessions), f"{started} {command}"],
         )
         write_atomic(self.out / RUN_FILE, info.model_dump_json(indent=2))

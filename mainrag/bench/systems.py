@@ -12,6 +12,7 @@ ran alone.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,13 +30,19 @@ from mainrag.documents import Document
 from mainrag.engine import MainRAG
 from mainrag.errors import InputError, MainRAGError
 from mainrag.prompts import PromptTemplate, fence, load_template
-from mainrag.threshold import decide
+from mainrag.threshold import FinalOrder, decide, final_order
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 
 MAIN_RAG_N: dict[str, float] = {"main-rag": 0.0, "main-rag-n0.5": 0.5, "main-rag-n1": 1.0}
+# mainrag as configured (the settings' retriever voice, fallback and final order: by default the
+# library's defaults), and the same filter with the kept passages read in another order.
+MAINRAG_ORDERS: dict[str, FinalOrder | None] = {
+    "mainrag": None, "mainrag-best-last": "best_last", "mainrag-retriever-order": "retriever",
+}  # fmt: skip
 SYSTEMS: tuple[str, ...] = (
     "closed-book", "rag", "llm-filter", "embedding-filter", *MAIN_RAG_N, "judge-only", "consensus",
+    *MAINRAG_ORDERS,
 )
 # Judges by name: the paper's (with the Predictor's answer), the prefix layout
 # (same question, document last) for consensus, and judge-only (no answer).
@@ -47,6 +54,9 @@ JUDGE_PROMPTS = {
 LAYOUT_JUDGES = {"paper": "judge", "prefix": "judge-prefix", "conversation": "judge-conversation"}
 CONSENSUS_JUDGES = ("judge", "judge-prefix")
 
+# The backend settings that change what a call sends or how it decodes; the rest is transport.
+CALL_BACKEND_FIELDS = {"kind", "model", "n_ctx", "judge_max_tokens", "extra_body", "yes_no_token_ids",
+                       "yes_token_ids", "no_token_ids", "top_logprobs"}
 Embedder = Callable[[list[str]], np.ndarray]  # texts -> unit-norm rows
 
 
@@ -72,6 +82,7 @@ class SystemOutcome(BaseModel):
     answer: str
     calls: list[CallRecord] = Field(default_factory=list)  # every call it needs, shared ones included
     extra_seconds: float = 0.0  # non-LLM work (embeddings)
+    fallback: str | None = None  # why the judges were overruled (do no harm)
 
 
 def validate_systems(names: Sequence[str]) -> list[str]:
@@ -118,6 +129,15 @@ class Agents:
             h.update(t.system.encode() + b"\0" + t.user.encode() + b"\0")
         return h.hexdigest()
 
+    @property
+    def context(self) -> str:
+        """What every call depends on but its item and name: prompts, model, decoding settings."""
+        s = self.rag.settings
+        shaping = {"backend": s.backend.model_dump(mode="json", include=CALL_BACKEND_FIELDS),
+                   "tokens": [s.answer_max_tokens, s.final_max_tokens, s.max_doc_chars]}
+        blob = self.prompts_hash() + json.dumps(shaping, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
 
 _YES_NO = re.compile(r"\b(YES|NO)\b", re.IGNORECASE)
 
@@ -135,8 +155,14 @@ class Workbench:
         self.item, self.agents, self.cache = item, agents, cache
         self.docs = item.documents
 
+    def key(self, name: str) -> str:
+        """A call's cache key: what made it (prompts, model, call settings), the item, the call;
+        per-document calls name the document's id, so runs over one record's passages in
+        another order (``--gold-at``) share them through one ``--calls`` file."""
+        return f"{self.agents.context}|{self.item.key}|{name}"
+
     async def _call(self, name: str, run: Callable[[], Awaitable[Generation | Judgement]]) -> CallRecord:
-        key = f"{self.item.key}|{name}"
+        key = self.key(name)
         hit = self.cache.get(key)
         if hit is not None:
             return hit
@@ -152,7 +178,7 @@ class Workbench:
     ) -> list[CallRecord]:
         """Several calls at once (the backend batches them); each is cached
         under its own key, with the batch's wall time shared evenly."""
-        keys = [f"{self.item.key}|{n}" for n in names]
+        keys = [self.key(n) for n in names]
         records: dict[int, CallRecord] = {i: r for i, k in enumerate(keys) if (r := self.cache.get(k)) is not None}
         missing = [i for i in range(len(keys)) if i not in records]
         if missing:
@@ -179,7 +205,7 @@ class Workbench:
     async def predictions(self) -> list[CallRecord]:
         predictor, question = self.agents.predictor, self.item.question
         return await self._calls(
-            [f"predict|{i}" for i in range(len(self.docs))],
+            [f"predict|{d.id}" for d in self.docs],
             lambda todo: predictor.predict_many(question, [self.docs[i] for i in todo]),
         )
 
@@ -190,12 +216,12 @@ class Workbench:
             else [MainRAGError(p.error) if p.error else (p.text or "") for p in await self.predictions()]
         )  # fmt: skip
         return await self._calls(
-            [f"{judge}|{i}" for i in range(len(self.docs))],
+            [f"{judge}|{d.id}" for d in self.docs],
             lambda todo: j.score_many(self.item.question, [self.docs[i] for i in todo], [answers[i] for i in todo]),
         )
 
     async def filter_votes(self) -> list[CallRecord]:
-        return [await self._call(f"llm-filter|{i}", lambda d=d: self._ask_filter(d)) for i, d in enumerate(self.docs)]
+        return [await self._call(f"llm-filter|{d.id}", lambda d=d: self._ask_filter(d)) for d in self.docs]
 
     async def _ask_filter(self, doc: Document) -> Generation:
         """LLMChainFilter's call: its prompt as the only (user) message."""
@@ -208,7 +234,7 @@ class Workbench:
         if not kept:
             return await self._call("closed-book", lambda: self.agents.closed_book.answer(self.item.question, []))
         docs = [self.docs[i] for i in kept]
-        return await self._call(f"final|{','.join(map(str, kept))}",
+        return await self._call(f"final|{json.dumps([d.id for d in docs])}",
                                 lambda: self.agents.final.answer(self.item.question, docs))
 
     def cosine(self) -> tuple[list[float], float]:
@@ -245,6 +271,8 @@ class Workbench:
             return await self._judged(["judge-only"], n=0.0, shared=[])
         if system == "consensus":
             return await self._judged(list(CONSENSUS_JUDGES), n=0.0, shared=await self.predictions())
+        if system in MAINRAG_ORDERS:
+            return await self._configured(MAINRAG_ORDERS[system])
         raise InputError(f"unknown system {system!r}")
 
     async def _judged(self, judges: list[str], *, n: float, shared: list[CallRecord]) -> SystemOutcome:
@@ -257,6 +285,22 @@ class Workbench:
         decision = decide(matrix, n=n, mode="mean", min_keep=1)
         calls = shared + [c for col in columns for c in col]
         return await self._answer(decision.kept, decision.final, calls)
+
+    async def _configured(self, order: FinalOrder | None) -> SystemOutcome:
+        """The library's own decision (``MainRAG.decide``) over the settings' judge."""
+        rag = self.agents.rag
+        shared = [] if rag.settings.judge_only else await self.predictions()
+        if not self.docs:
+            return await self._answer([], None, shared)
+        column = await self.judgements("judge-only" if rag.settings.judge_only else self.agents.main_judge)
+        matrix = np.array([[np.nan if c.score is None else c.score] for c in column])
+        if np.isnan(matrix).all():
+            return await self._answer([], [None] * len(self.docs), shared + column)
+        decision = rag.decide(matrix)
+        kept = final_order(decision.kept, order or rag.settings.final_order)
+        out = await self._answer(kept, decision.final, shared + column)
+        out.fallback = decision.fallback
+        return out
 
     async def _answer(self, kept: list[int], scores: Sequence[float | None] | None, calls: list[CallRecord]) -> SystemOutcome:
         final = await self.final(kept)

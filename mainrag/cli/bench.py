@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
+from mainrag.bench.variants import GoldAt
 from mainrag.cli.app import app, friendly, out, safe
 from mainrag.config import Settings
 from mainrag.models import DEFAULT_MODEL
@@ -33,6 +34,9 @@ def bench(
     base_url: Annotated[list[str] | None, typer.Option("--base-url", help="OpenAI-compatible URL; repeat to balance.")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="llama.cpp threads (default: all cores).")] = None,
     retriever: Annotated[str | None, typer.Option(help="chroma:NAME: candidates from that Chroma collection (store from MAINRAG_CHROMA_PATH/HOST).")] = None,
+    gold_at: Annotated[GoldAt | None, typer.Option(help="Noise sweep: one answer-bearing passage among k-1 of the record's distractors, at this position.")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings (retriever_weight, fallback, final_order, layout, n...).")] = None,
+    calls: Annotated[Path | None, typer.Option(help="Call cache file (default OUT/calls.jsonl); runs over the same passages share one.")] = None,
     embedding_threshold: Annotated[float, typer.Option(help="embedding-filter: keep cosine above this.")] = 0.5,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory (default benchmarks/DATASET_MODEL).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out, skipping finished items.")] = False,
@@ -50,12 +54,12 @@ def bench(
             backend_cfg["base_urls"] = base_url
         if threads:
             backend_cfg["n_threads"] = threads
-        settings = Settings.load(backend=backend_cfg)
-        config = RunConfig(
+        settings = Settings.load(config, backend=backend_cfg)
+        run = RunConfig(
             dataset=dataset, data=str(data or ""), systems=_systems(systems), k=k, backend=backend, model=model,
-            retriever=retriever, embedding_threshold=embedding_threshold,
+            retriever=retriever, embedding_threshold=embedding_threshold, gold_at=gold_at,
         )
-        runner = Runner(config, settings, target, resume=resume, limit=limit, data=data, progress=progress)
+        runner = Runner(run, settings, target, resume=resume, limit=limit, data=data, progress=progress, calls=calls)
         finished = run_sync(runner)
         out.print(f"{finished} item(s) finished now; {len(runner.done_keys())} in {safe(target / 'items.jsonl')}")
     summary = write_report(target)

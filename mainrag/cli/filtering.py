@@ -79,14 +79,18 @@ def render_filter(result: FilterResult) -> None:
         f"{result.usage.calls} LLM calls · {result.timings.get('total', 0):.1f}s"
     )
     # Table cells are rich markup: every untrusted text (ids, documents, answers, judge names) goes through safe().
-    table = Table("rank", "keep", "score", *map(safe, result.judges), "id", "document", "predicted answer")
+    voice = any(d.retriever_z is not None for d in result.kept + result.dropped)
+    table = Table("rank", "keep", "score", *map(safe, result.judges), *(["retriever"] if voice else []),
+                  "id", "document", "predicted answer")
     for d in result.kept + result.dropped:
         table.add_row(
             str(d.rank or ""), "✓" if d.kept else "✗", _fmt(d.score),
             *[_fmt(j.score) + ("*" if j.censored else "") if j.error is None else "failed" for j in d.judges.values()],
-            safe(d.id), _snippet(d), safe((d.answer or "")[:40]),
+            *([_fmt(d.retriever_z)] if voice else []), safe(d.id), _snippet(d), safe((d.answer or "")[:40]),
         )
     out.print(table)
+    if result.fallback:
+        out.print(f"[yellow]judges overruled, the retriever's top kept: {safe(result.fallback)}[/]")
     for judge, count in result.failed_judgements.items():
         out.print(f"[yellow]judge {safe(judge)} failed on {count} document(s)[/]")
 
