@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from mainrag.backends.base import Backend, Generation, Judgement, Message, Prompt, generate_all, judge_all
 from mainrag.documents import Document
 from mainrag.errors import ConfigError, MainRAGError
-from mainrag.prompts import PromptTemplate, fence, fenced_documents, load_template
+from mainrag.prompts import PromptTemplate, fence, fenced_documents, load_template, share_budget
 
 Answer = str | BaseException | None  # the Predictor's answer, its failure, or none (judge-only)
 
@@ -92,12 +92,25 @@ def _failed(answer: Answer) -> BaseException:
 
 
 class FinalPredictor:
-    """Agent-3: answers from the kept documents, most useful first."""
+    """Agent-3: answers from the kept documents, in the order given.
 
-    def __init__(self, backend: Backend, template: PromptTemplate, *, max_tokens: int, max_doc_chars: int):
+    The documents share ``max_chars`` characters in all, so the prompt fits the
+    model's context on every backend (a server answers an overlong prompt with
+    an error, not a truncation); :meth:`caps` says what each one keeps.
+    """
+
+    def __init__(
+        self, backend: Backend, template: PromptTemplate, *, max_tokens: int, max_doc_chars: int,
+        max_chars: int | None = None,
+    ):  # fmt: skip
         self.backend, self.template = backend, template
-        self.max_tokens, self.max_doc_chars = max_tokens, max_doc_chars
+        self.max_tokens, self.max_doc_chars, self.max_chars = max_tokens, max_doc_chars, max_chars
+
+    def caps(self, docs: Sequence[Document]) -> list[int]:
+        """Characters of each document the prompt holds."""
+        lengths = [min(len(d.content), self.max_doc_chars) for d in docs]
+        return lengths if self.max_chars is None else share_budget(lengths, self.max_chars)
 
     async def answer(self, question: str, docs: Sequence[Document]) -> Generation:
-        prompt = self.template.render(documents=fenced_documents(docs, self.max_doc_chars), question=question)
+        prompt = self.template.render(documents=fenced_documents(docs, self.caps(docs)), question=question)
         return await self.backend.generate(prompt, max_tokens=self.max_tokens)

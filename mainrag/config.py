@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     answer_max_tokens: int = Field(48, ge=1)
     final_max_tokens: int = Field(128, ge=1)
     max_doc_chars: int = Field(2000, ge=100)  # truncation of untrusted document text
+    # The Final-Predictor's documents share this many characters (~3,000 tokens of English, which
+    # fits a 4,096-token context with the answer): raise it with the model's context.
+    final_max_chars: int = Field(12000, ge=500)
     top_k: int = Field(20, ge=1)  # candidates retrieved when none are given
     deadline: float | None = Field(None, gt=0)  # seconds for one filter() call; None: no limit
 

@@ -79,7 +79,7 @@ class MainRAG:
         )
         self.final_predictor = FinalPredictor(
             self.backend, load_template(s.final_prompt),
-            max_tokens=s.final_max_tokens, max_doc_chars=s.max_doc_chars,
+            max_tokens=s.final_max_tokens, max_doc_chars=s.max_doc_chars, max_chars=s.final_max_chars,
         )
         self.judges: list[Judge] = list(judges) if judges else self._make_judges()  # type: ignore[arg-type]
         self._sync_lock = threading.Lock()
@@ -158,10 +158,12 @@ class MainRAG:
             kept = [Document(id=d.id, text=d.text, title=d.title) for d in (by_rank[r] for r in ranks)]
             with _timed(timings, "final"):
                 gen = await self.final_predictor.answer(query, kept)
+        caps = self.final_predictor.caps(kept)
+        cut = [d.id for d, cap in zip(kept, caps, strict=True) if cap < len(d.content)]
         final = Usage()
         final.add(gen.prompt_tokens, gen.completion_tokens, gen.evaluated_tokens)
         return AnswerResult(
-            query=query, answer=gen.text, citations=[d.id for d in kept],
+            query=query, answer=gen.text, citations=[d.id for d in kept], truncated=cut,
             filter=filtered, timings={**filtered.timings, **timings}, usage=filtered.usage + final,
             stages={**filtered.stages, "final": final},
         )

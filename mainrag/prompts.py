@@ -158,9 +158,22 @@ def fence(text: str, max_chars: int) -> str:
     return neutralise(text[:max_chars])
 
 
-def fenced_documents(docs: Sequence[Document], max_chars: int) -> str:
-    """Several documents for the Final-Predictor, numbered in the given order."""
+def share_budget(lengths: Sequence[int], budget: int) -> list[int]:
+    """Characters each text may keep so that together they fit ``budget``: short texts
+    whole, the long ones cut to an equal share of what is left (water-filling)."""
+    caps = [0] * len(lengths)
+    left = budget
+    for done, i in enumerate(sorted(range(len(lengths)), key=lambda i: lengths[i])):
+        caps[i] = min(lengths[i], left // (len(lengths) - done))
+        left -= caps[i]
+    return caps
+
+
+def fenced_documents(docs: Sequence[Document], max_chars: int | Sequence[int]) -> str:
+    """Several documents for the Final-Predictor, numbered in the given order, each
+    cut to ``max_chars`` (one limit, or one per document)."""
+    caps = [max_chars] * len(docs) if isinstance(max_chars, int) else list(max_chars)
     return "\n\n".join(
-        f"Document [{i}]: <document>{fence(d.content, max_chars)}</document>"
-        for i, d in enumerate(docs, 1)
+        f"Document [{i}]: <document>{fence(d.content, cap)}</document>"
+        for i, (d, cap) in enumerate(zip(docs, caps, strict=True), 1)
     )

@@ -88,6 +88,8 @@ class AnswerResult(BaseModel):
     query: str
     answer: str
     citations: list[str]  # ids of the kept documents given to the Final-Predictor, in order
+    # Of those, the ones it read only in part: max_doc_chars, or their share of final_max_chars.
+    truncated: list[str] = Field(default_factory=list)
     filter: FilterResult
     timings: dict[str, float] = Field(default_factory=dict)
     usage: Usage = Field(default_factory=Usage)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from mainrag.config import Settings
@@ -85,3 +87,20 @@ def test_document_cannot_close_its_fence() -> None:
     assert fence("x" * 50, 10) == "x" * 10
     many = fenced_documents([Document(id="1", text="a"), Document(id="2", text="b </document>")], 100)
     assert many.count("</document>") == 2
+
+
+@given(st.lists(st.integers(0, 5000), max_size=30), st.integers(0, 40000))
+def test_the_final_budget_is_shared_short_documents_first(lengths: list[int], budget: int) -> None:
+    from mainrag.prompts import share_budget
+
+    caps = share_budget(lengths, budget)
+    assert len(caps) == len(lengths) and all(0 <= c <= n for c, n in zip(caps, lengths, strict=True))
+    assert sum(caps) <= budget
+    if sum(lengths) <= budget:
+        assert caps == lengths  # nothing cut
+    else:
+        # Water-filling: every cut document keeps the same share, at least as much as any whole one.
+        cut = [c for c, n in zip(caps, lengths, strict=True) if c < n]
+        whole = [n for n, c in zip(lengths, caps, strict=True) if c == n]
+        assert max(cut) - min(cut) <= 1 and all(c >= n - 1 for c in cut for n in whole)
+        assert budget - sum(caps) < len(lengths)  # the budget is used up, but for rounding

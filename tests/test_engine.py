@@ -119,6 +119,23 @@ async def test_answer_cites_the_kept_documents(candidates: tuple[str, list], mon
     assert result.usage.calls == result.filter.usage.calls + 1
 
 
+async def test_the_final_prompt_holds_the_budget_and_flags_what_it_cut(
+    candidates: tuple[str, list], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    question, docs = candidates
+    async with MainRAG(backend=TINY, judge_only=True, min_keep=5, final_max_chars=1000) as rag:
+        prompts = record_generations(rag, monkeypatch)
+        result = await rag.answer(question, docs)
+    (final,) = [p[-1].content for p in prompts if "Document [1]: <document>" in p[-1].content]
+    by_id = {d.id: d for d in docs}
+    caps = rag.final_predictor.caps([by_id[i] for i in result.citations])
+    assert sum(caps) <= 1000 and len(result.citations) == 5
+    assert fenced_documents([by_id[i] for i in result.citations], caps) in final
+    assert result.truncated and set(result.truncated) == {
+        i for i, cap in zip(result.citations, caps, strict=True) if cap < len(by_id[i].content)
+    }
+
+
 def test_sync_api_and_input_errors(candidates: tuple[str, list]) -> None:
     question, docs = candidates
     rag = MainRAG(backend=TINY, max_keep=1)

@@ -471,3 +471,25 @@ async def test_vllm_agrees_with_llamacpp(vllm_url: str, vllm_model: str, judge_p
 # tolerances are ~1.7x the worst value measured.
 VLLM_LLAMACPP_MAX_DIFF = 0.3
 VLLM_LLAMACPP_MEAN_DIFF = 0.12
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(600)
+async def test_vllm_final_prompt_fits_the_servers_context(vllm_url: str, vllm_model: str) -> None:
+    """Six 2,000-character passages overflow the server's 2,048 tokens: without a budget the
+    Final-Predictor's prompt is refused (400); with ``final_max_chars`` it fits, and the
+    result names the passages it read only in part."""
+    from mainrag import MainRAG
+    from mainrag.errors import RequestRejectedError
+
+    words = "The quick brown fox jumps over the lazy dog near the river bank. "
+    docs = [{"id": f"d{i}", "text": f"Passage {i}. " + words * 40} for i in range(6)]
+    backend = {"kind": "openai", "model": vllm_model, "base_urls": [vllm_url], "retries": 0}
+    common = {"backend": backend, "judge_only": True, "min_keep": 6}
+    async with MainRAG(**common, final_max_chars=10**6) as rag:
+        with pytest.raises(RequestRejectedError, match="400"):
+            await rag.answer("What does the fox do?", docs)
+    async with MainRAG(**common, final_max_chars=5000) as rag:
+        result = await rag.answer("What does the fox do?", docs)
+    assert result.answer.strip() and len(result.citations) == 6
+    assert sorted(result.truncated) == [d["id"] for d in docs]  # each cut to its share of 5,000

@@ -134,7 +134,7 @@ class Agents:
         """What every call depends on but its item and name: prompts, model, decoding settings."""
         s = self.rag.settings
         shaping = {"backend": s.backend.model_dump(mode="json", include=CALL_BACKEND_FIELDS),
-                   "tokens": [s.answer_max_tokens, s.final_max_tokens, s.max_doc_chars]}
+                   "tokens": [s.answer_max_tokens, s.final_max_tokens, s.max_doc_chars, s.final_max_chars]}
         blob = self.prompts_hash() + json.dumps(shaping, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
