@@ -39,7 +39,7 @@ from mainrag.bench.systems import (
     minilm_embedder,
     validate_systems,
 )
-from mainrag.bench.variants import GoldAt, gold_at
+from mainrag.bench.variants import GoldAt, gold_at, inject
 from mainrag.config import Settings
 from mainrag.engine import MainRAG
 from mainrag.errors import ConfigError, InputError
@@ -64,12 +64,13 @@ class RunConfig(BaseModel):
     embedding_threshold: float = 0.5
     seed: int = 0  # llama.cpp seed; decoding is greedy
     gold_at: GoldAt | None = None  # the noise sweep: one answer-bearing passage among k-1 distractors, here
+    inject: bool = False  # prompt injections appended to passages without an answer (variants.ATTACKS)
     # The settings that change what a call sends or how results are made (from options, TOML
     # or MAINRAG_* variables alike); transport settings such as timeouts and URLs are left out.
     settings: dict[str, Any] = Field(default_factory=dict)
 
     def must_match(self, other: RunConfig) -> None:
-        fields = ["dataset", "systems", "k", "backend", "model", "retriever", "embedding_threshold", "gold_at"]
+        fields = ["dataset", "systems", "k", "backend", "model", "retriever", "embedding_threshold", "gold_at", "inject"]
         if self.data_sha256 and other.data_sha256:  # runs started before it was recorded have none
             fields.append("data_sha256")
         diff = [f for f in fields if getattr(self, f) != getattr(other, f)]
@@ -311,6 +312,10 @@ class Runner:
         return len(todo)
 
     def _items(self) -> list[BenchItem]:
+        items = self._variant()
+        return inject(items) if self.config.inject else items
+
+    def _variant(self) -> list[BenchItem]:
         c = self.config
         if c.gold_at is None:
             return load_items(self.spec, self.path, k=c.k, limit=self.limit)

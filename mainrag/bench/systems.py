@@ -29,20 +29,22 @@ from mainrag.bench.datasets import BenchItem
 from mainrag.documents import Document
 from mainrag.engine import MainRAG
 from mainrag.errors import InputError, MainRAGError
-from mainrag.prompts import PromptTemplate, fence, load_template
+from mainrag.prompts import PromptTemplate, load_template
 from mainrag.threshold import FinalOrder, decide, final_order
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 
 MAIN_RAG_N: dict[str, float] = {"main-rag": 0.0, "main-rag-n0.5": 0.5, "main-rag-n1": 1.0}
+# The paper's bar over another layout's judge, whatever the settings' layout.
+MAIN_RAG_LAYOUTS = {"main-rag-prefix": "judge-prefix", "main-rag-conversation": "judge-conversation"}
 # mainrag as configured (the settings' retriever voice, fallback and final order: by default the
 # library's defaults), and the same filter with the kept passages read in another order.
 MAINRAG_ORDERS: dict[str, FinalOrder | None] = {
     "mainrag": None, "mainrag-best-last": "best_last", "mainrag-retriever-order": "retriever",
 }  # fmt: skip
 SYSTEMS: tuple[str, ...] = (
-    "closed-book", "rag", "llm-filter", "embedding-filter", *MAIN_RAG_N, "judge-only", "consensus",
-    *MAINRAG_ORDERS,
+    "closed-book", "rag", "llm-filter", "embedding-filter", *MAIN_RAG_N, *MAIN_RAG_LAYOUTS, "judge-only",
+    "consensus", *MAINRAG_ORDERS,
 )
 # Judges by name: the paper's (with the Predictor's answer), the prefix layout
 # (same question, document last) for consensus, and judge-only (no answer).
@@ -224,9 +226,11 @@ class Workbench:
         return [await self._call(f"llm-filter|{d.id}", lambda d=d: self._ask_filter(d)) for d in self.docs]
 
     async def _ask_filter(self, doc: Document) -> Generation:
-        """LLMChainFilter's call: its prompt as the only (user) message."""
+        """LLMChainFilter's call: its prompt as the only (user) message, the document as LangChain
+        sends it (not neutralised: the baseline of the injection measurement; the backend still
+        never tokenizes its text as special tokens)."""
         f = self.agents.llm_filter
-        prompt = f.template.render(question=self.item.question, document=fence(doc.content, f.max_doc_chars))
+        prompt = f.template.render(question=self.item.question, document=doc.content[: f.max_doc_chars])
         return await f.backend.generate(tuple(m for m in prompt if m.content), max_tokens=f.max_tokens)
 
     async def final(self, kept: Sequence[int]) -> CallRecord:
@@ -267,6 +271,8 @@ class Workbench:
             return out
         if system in MAIN_RAG_N:
             return await self._judged([self.agents.main_judge], n=MAIN_RAG_N[system], shared=await self.predictions())
+        if system in MAIN_RAG_LAYOUTS:
+            return await self._judged([MAIN_RAG_LAYOUTS[system]], n=0.0, shared=await self.predictions())
         if system == "judge-only":
             return await self._judged(["judge-only"], n=0.0, shared=[])
         if system == "consensus":

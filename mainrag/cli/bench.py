@@ -35,6 +35,7 @@ def bench(
     threads: Annotated[int | None, typer.Option(min=1, help="llama.cpp threads (default: all cores).")] = None,
     retriever: Annotated[str | None, typer.Option(help="chroma:NAME: candidates from that Chroma collection (store from MAINRAG_CHROMA_PATH/HOST).")] = None,
     gold_at: Annotated[GoldAt | None, typer.Option(help="Noise sweep: one answer-bearing passage among k-1 of the record's distractors, at this position.")] = None,
+    inject: Annotated[bool, typer.Option(help="Append prompt injections to passages without an answer (security measurement).")] = False,
     config: Annotated[Path | None, typer.Option(help="TOML settings (retriever_weight, fallback, final_order, layout, n...).")] = None,
     calls: Annotated[Path | None, typer.Option(help="Call cache file (default OUT/calls.jsonl); runs over the same passages share one.")] = None,
     embedding_threshold: Annotated[float, typer.Option(help="embedding-filter: keep cosine above this.")] = 0.5,
@@ -57,7 +58,7 @@ def bench(
         settings = Settings.load(config, backend=backend_cfg)
         run = RunConfig(
             dataset=dataset, data=str(data or ""), systems=_systems(systems), k=k, backend=backend, model=model,
-            retriever=retriever, embedding_threshold=embedding_threshold, gold_at=gold_at,
+            retriever=retriever, embedding_threshold=embedding_threshold, gold_at=gold_at, inject=inject,
         )
         runner = Runner(run, settings, target, resume=resume, limit=limit, data=data, progress=progress, calls=calls)
         finished = run_sync(runner)
