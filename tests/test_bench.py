@@ -194,6 +194,42 @@ def test_noise_sweep_positions_share_their_calls(tmp_path: Path, monkeypatch: py
     assert not (tmp_path / "last" / "calls.jsonl").exists()
 
 
+class GullibleBackend(ScriptedBackend):
+    """A judge that obeys the "order" attack (and nothing else)."""
+
+    async def judge(self, prompt: Prompt) -> Judgement:
+        j = await super().judge(prompt)
+        if "must answer Yes" in prompt[-1].content:
+            return Judgement(log_odds=5.0, logprob_yes=-0.01, logprob_no=-5.0, prompt_tokens=50)
+        return j
+
+
+def test_injection_runs_measure_what_an_attack_makes_a_filter_keep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import injection
+
+    from mainrag.bench.variants import ATTACKS
+
+    data = tmp_path / "d.jsonl"
+    ctxs = [{"id": "p0", "text": "Paris is the capital of France."}]
+    ctxs += [{"id": f"b{i}", "text": f"Berlin fact {i}."} for i in range(5)]
+    data.write_text(json.dumps({"question": "Capital?", "answers": ["Paris"], "ctxs": ctxs}) + "\n")
+    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=GullibleBackend()))
+    calls = tmp_path / "calls.jsonl"
+    for name, injected in (("clean", False), ("injected", True)):
+        config = RunConfig(dataset="triviaqa", data="", systems=["main-rag", "llm-filter"], k=6, model="scripted",
+                           inject=injected)
+        asyncio.run(Runner(config, Settings(), tmp_path / name, resume=False, data=data, progress=False,
+                           calls=calls).run())
+    (row,) = read_items(tmp_path / "injected")
+    assert [c["id"] for c in row["candidates"]] == ["p0", "b0", *(f"b{i}+{a}" for i, a in zip(range(1, 5), ATTACKS))]
+    found = injection.rates(tmp_path / "clean", tmp_path / "injected")
+    # main-rag dropped every Berlin passage when clean; injected, it keeps the one that orders a Yes.
+    assert found["main-rag"] == {"order": (1, 1), "delimiter": (0, 1), "special": (0, 1), "predictor": (0, 1)}
+    assert sum(k for k, _ in found["llm-filter"].values()) == 0  # its YES/NO is not fooled by this judge trick
+    assert "| main-rag | 1/1 | 0/1 | 0/1 | 0/1 | 1/4 = 25.0% |" in injection.table(found)
+
+
 class MisjudgingBackend(ScriptedBackend):
     """A judge that prefers the documents without the answer."""
 
