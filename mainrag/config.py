@@ -118,6 +118,8 @@ class Settings(BaseSettings):
 
     backend: BackendSettings = Field(default_factory=BackendSettings)
     judges: list[JudgeSettings] = Field(default_factory=list)  # empty: one judge on `backend`
+    # The Final-Predictor's model (None: `backend`): e.g. small judges for a larger generator.
+    final_backend: BackendSettings | None = None
     n: float = 0.0  # tau = mean - n * std
     min_keep: int = Field(1, ge=0)
     max_keep: int | None = Field(None, ge=1)

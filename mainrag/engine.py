@@ -78,7 +78,7 @@ class MainRAG:
             max_tokens=s.answer_max_tokens, max_doc_chars=s.max_doc_chars,
         )
         self.final_predictor = FinalPredictor(
-            self.backend, load_template(s.final_prompt),
+            self._backend(s.final_backend) if s.final_backend else self.backend, load_template(s.final_prompt),
             max_tokens=s.final_max_tokens, max_doc_chars=s.max_doc_chars, max_chars=s.final_max_chars,
         )
         self.judges: list[Judge] = list(judges) if judges else self._make_judges()  # type: ignore[arg-type]
@@ -300,7 +300,8 @@ class MainRAG:
 
     async def aclose(self) -> None:
         """Close every backend this instance uses, each once."""
-        backends = {id(b): b for b in [self.backend, *self._backends.values(), *(j.backend for j in self.judges)]}
+        agents = [self.backend, self.final_predictor.backend, *(j.backend for j in self.judges)]
+        backends = {id(b): b for b in [*agents, *self._backends.values()]}
         await asyncio.gather(*(b.aclose() for b in backends.values()))
 
     def close(self) -> None:

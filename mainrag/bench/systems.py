@@ -44,8 +44,9 @@ MAINRAG_ORDERS: dict[str, FinalOrder | None] = {
 }  # fmt: skip
 SYSTEMS: tuple[str, ...] = (
     "closed-book", "rag", "llm-filter", "embedding-filter", *MAIN_RAG_N, *MAIN_RAG_LAYOUTS, "judge-only",
-    "consensus", *MAINRAG_ORDERS,
+    "consensus", *MAINRAG_ORDERS, "mainrag-cheap",
 )
+DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "mainrag-cheap")  # that one needs --cheap-model
 # Judges by name: the paper's (with the Predictor's answer), the prefix layout
 # (same question, document last) for consensus, and judge-only (no answer).
 JUDGE_PROMPTS = {
@@ -97,9 +98,11 @@ def validate_systems(names: Sequence[str]) -> list[str]:
 class Agents:
     """The agents every system uses: one model, one set of prompts."""
 
-    def __init__(self, rag: MainRAG, *, embedder: Embedder | None = None, embedding_threshold: float = 0.5):
+    def __init__(self, rag: MainRAG, *, embedder: Embedder | None = None, embedding_threshold: float = 0.5,
+                 cheap: Agents | None = None):
         s = rag.settings
         self.rag = rag
+        self.cheap = cheap  # mainrag-cheap: the Predictor and Judge on a smaller model
         self.predictor: Predictor = rag.predictor
         self.final: FinalPredictor = rag.final_predictor
         self.closed_book = FinalPredictor(
@@ -279,6 +282,8 @@ class Workbench:
             return await self._judged(list(CONSENSUS_JUDGES), n=0.0, shared=await self.predictions())
         if system in MAINRAG_ORDERS:
             return await self._configured(MAINRAG_ORDERS[system])
+        if system == "mainrag-cheap":
+            return await self._cheap()
         raise InputError(f"unknown system {system!r}")
 
     async def _judged(self, judges: list[str], *, n: float, shared: list[CallRecord]) -> SystemOutcome:
@@ -292,13 +297,15 @@ class Workbench:
         calls = shared + [c for col in columns for c in col]
         return await self._answer(decision.kept, decision.final, calls)
 
-    async def _configured(self, order: FinalOrder | None) -> SystemOutcome:
-        """The library's own decision (``MainRAG.decide``) over the settings' judge."""
-        rag = self.agents.rag
-        shared = [] if rag.settings.judge_only else await self.predictions()
+    async def _configured(self, order: FinalOrder | None, *, judged_by: Workbench | None = None) -> SystemOutcome:
+        """The library's own decision (``MainRAG.decide``) over the settings' judge, made by
+        ``judged_by``'s agents (mainrag-cheap: the small model's) and answered by ours."""
+        judged_by = judged_by or self
+        rag = judged_by.agents.rag
+        shared = [] if rag.settings.judge_only else await judged_by.predictions()
         if not self.docs:
             return await self._answer([], None, shared)
-        column = await self.judgements("judge-only" if rag.settings.judge_only else self.agents.main_judge)
+        column = await judged_by.judgements("judge-only" if rag.settings.judge_only else judged_by.agents.main_judge)
         matrix = np.array([[np.nan if c.score is None else c.score] for c in column])
         if np.isnan(matrix).all():
             return await self._answer([], [None] * len(self.docs), shared + column)
@@ -307,6 +314,11 @@ class Workbench:
         out = await self._answer(kept, decision.final, shared + column)
         out.fallback = decision.fallback
         return out
+
+    async def _cheap(self) -> SystemOutcome:
+        if self.agents.cheap is None:
+            raise InputError("mainrag-cheap needs the judges' model: pass --cheap-model (e.g. qwen2.5-0.5b)")
+        return await self._configured(None, judged_by=Workbench(self.item, self.agents.cheap, self.cache))
 
     async def _answer(self, kept: list[int], scores: Sequence[float | None] | None, calls: list[CallRecord]) -> SystemOutcome:
         final = await self.final(kept)

@@ -14,10 +14,10 @@ from mainrag.models import DEFAULT_MODEL
 
 
 def _systems(values: list[str] | None) -> list[str]:
-    from mainrag.bench.systems import SYSTEMS
+    from mainrag.bench.systems import DEFAULT_SYSTEMS
 
     if not values:
-        return list(SYSTEMS)
+        return list(DEFAULT_SYSTEMS)
     return [s.strip() for v in values for s in v.split(",") if s.strip()]
 
 
@@ -35,6 +35,7 @@ def bench(
     threads: Annotated[int | None, typer.Option(min=1, help="llama.cpp threads (default: all cores).")] = None,
     retriever: Annotated[str | None, typer.Option(help="chroma:NAME: candidates from that Chroma collection (store from MAINRAG_CHROMA_PATH/HOST).")] = None,
     gold_at: Annotated[GoldAt | None, typer.Option(help="Noise sweep: one answer-bearing passage among k-1 of the record's distractors, at this position.")] = None,
+    cheap_model: Annotated[str | None, typer.Option(help="mainrag-cheap: the Predictor's and Judge's model (preset or .gguf); --model answers.")] = None,
     inject: Annotated[bool, typer.Option(help="Append prompt injections to passages without an answer (security measurement).")] = False,
     config: Annotated[Path | None, typer.Option(help="TOML settings (retriever_weight, fallback, final_order, layout, n...).")] = None,
     calls: Annotated[Path | None, typer.Option(help="Call cache file (default OUT/calls.jsonl); runs over the same passages share one.")] = None,
@@ -58,7 +59,7 @@ def bench(
         settings = Settings.load(config, backend=backend_cfg)
         run = RunConfig(
             dataset=dataset, data=str(data or ""), systems=_systems(systems), k=k, backend=backend, model=model,
-            retriever=retriever, embedding_threshold=embedding_threshold, gold_at=gold_at, inject=inject,
+            retriever=retriever, embedding_threshold=embedding_threshold, gold_at=gold_at, inject=inject, cheap_model=cheap_model,
         )
         runner = Runner(run, settings, target, resume=resume, limit=limit, data=data, progress=progress, calls=calls)
         finished = run_sync(runner)
