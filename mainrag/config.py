@@ -50,7 +50,7 @@ class BackendSettings(BaseModel):
     kind: Literal["local", "openai"] = "local"
     model: str = DEFAULT_MODEL  # local: preset name or .gguf path; openai: served model name
     base_urls: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8000/v1"])
-    max_concurrency: int = Field(8, ge=1)  # in-flight requests per endpoint
+    max_concurrency: int = Field(32, ge=1)  # in-flight requests per endpoint: every document of a query (top_k 20)
     timeout: float = Field(120.0, gt=0)  # seconds for one HTTP attempt, whole reply included
     retries: int = Field(3, ge=0)  # further attempts after a transient fault (connection, timeout, 429, 5xx)
     n_ctx: int = Field(4096, ge=256)  # local only

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from mainrag.agents import Answer, FinalPredictor, Judge, Predictor
 from mainrag.backends import Backend, make_backend
-from mainrag.backends.base import Generation, Judgement
+from mainrag.backends.base import BatchBackend, Generation, Judgement
 from mainrag.config import BackendSettings, JudgeSettings, Settings
 from mainrag.documents import Document, as_documents
 from mainrag.errors import BackendError, InputError, JudgeError, MainRAGError
@@ -132,10 +132,16 @@ class MainRAG:
         timings: dict[str, float] = {}
         stages = {"predict": Usage(), "judge": Usage()}
         with _timed(timings, "total"):
-            with _timed(timings, "predict"):
-                answers = await self._predict(query, docs, stages["predict"])
-            with _timed(timings, "judge"):
-                verdicts = await asyncio.gather(*(self._judge_all(j, query, docs, answers, stages["judge"]) for j in self.judges))
+            if self._batching():  # stage by stage: each stage's prompts evaluated together
+                with _timed(timings, "predict"):
+                    answers = await self._predict(query, docs, stages["predict"])
+                with _timed(timings, "judge"):
+                    verdicts = await self._judge(query, docs, answers, stages)
+            else:  # every document at once, each judged as soon as its own answer is there
+                with _timed(timings, "predict_judge"):
+                    rows = await asyncio.gather(*(self._document(query, d, stages) for d in docs))
+                answers = [a for (a,), _ in rows]
+                verdicts = [[v[k] for _, v in rows] for k in range(len(self.judges))]
             with _timed(timings, "bar"):
                 result = self._decide(query, docs, answers, verdicts)
         result.timings, result.stages = timings, stages
@@ -167,6 +173,23 @@ class MainRAG:
             filter=filtered, timings={**filtered.timings, **timings}, usage=filtered.usage + final,
             stages={**filtered.stages, "final": final},
         )
+
+    def _batching(self) -> bool:
+        """True when an agent's backend takes a stage's prompts at once (llama.cpp); servers
+        batch on their own, so over HTTP no document waits for another's prediction."""
+        return any(isinstance(b, BatchBackend) for b in (self.backend, *(j.backend for j in self.judges)))
+
+    async def _document(
+        self, query: str, doc: Document, stages: dict[str, Usage]
+    ) -> tuple[list[Answer], list[Judgement | BaseException]]:
+        """One document's prediction, then its judgements."""
+        answer = await self._predict(query, [doc], stages["predict"])
+        return answer, [v[0] for v in await self._judge(query, [doc], answer, stages)]
+
+    async def _judge(
+        self, query: str, docs: list[Document], answers: list[Answer], stages: dict[str, Usage]
+    ) -> list[list[Judgement | BaseException]]:
+        return await asyncio.gather(*(self._judge_all(j, query, docs, answers, stages["judge"]) for j in self.judges))
 
     async def _predict(self, query: str, docs: list[Document], usage: Usage) -> list[Answer]:
         if self.settings.judge_only:

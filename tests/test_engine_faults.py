@@ -263,3 +263,32 @@ async def test_a_document_longer_than_the_budget_is_truncated_and_flagged(server
     assert by_id["long"].truncated is True and by_id["lyon"].truncated is False
     assert by_id["long"].text == long_doc["text"]  # the result keeps the whole text
     assert seen and not any("ENDMARK" in text for text in seen)  # the server got only the budget
+
+
+async def test_over_http_a_document_is_judged_as_soon_as_its_own_answer_is_there() -> None:
+    """No stage barrier on a server: the slow document's prediction is held until the fast
+    document's judgement has arrived, which happens only if judging it did not wait."""
+    import threading
+
+    fast_judged = threading.Event()
+    judged_while_slow_pending: list[bool] = []
+
+    def respond(path: str, body: dict[str, Any]) -> Reply | None:
+        text = user_text(body)
+        if body.get("logprobs"):
+            if "fast" in text:
+                fast_judged.set()
+            return Reply(body=top_logprobs_reply([("Yes", math.log(0.6)), ("No", math.log(0.4))]))
+        if "slow" in text:
+            judged_while_slow_pending.append(fast_judged.wait(timeout=5))  # a stage barrier: False
+        return None  # the default answer
+
+    server = FakeServer(respond).start()
+    try:
+        docs = [{"id": "slow", "text": "slow passage"}, {"id": "fast", "text": "fast passage"}]
+        async with MainRAG(backend=backend(server.url)) as rag:
+            result = await rag.filter("q?", docs)
+    finally:
+        server.stop()
+    assert judged_while_slow_pending == [True] and "predict_judge" in result.timings
+    assert result.usage.calls == 4 and all(d.score is not None for d in result.kept + result.dropped)

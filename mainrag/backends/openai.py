@@ -72,7 +72,7 @@ class OpenAICompatibleBackend:
         *,
         api_key: str | None = None,
         client: httpx.AsyncClient | None = None,
-        max_concurrency: int = 8,
+        max_concurrency: int = 32,
         timeout: float = 120.0,
         connect_timeout: float = 10.0,
         retries: int = 3,
