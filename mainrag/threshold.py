@@ -166,7 +166,8 @@ def decide(
     if fallback is not None and fallback.enabled:
         reason = distrust or uninformative(m, fallback)
         if reason:
-            kept = _order(final, np.flatnonzero(scored)[: fallback.keep])  # the retriever's top, best first
+            top = max(fallback.keep, min_keep)  # the retriever's top (min_keep is a floor), best first
+            kept = _order(final, np.flatnonzero(scored)[:top])
     if max_keep is not None:
         kept = kept[:max_keep]
     return Decision(

@@ -145,6 +145,7 @@ def test_do_no_harm_keeps_the_retrievers_top_and_says_why() -> None:
     assert fine.fallback is None and fine.kept == [1, 2]
     off = decide(col([0.10, 0.12, 0.30, 0.11]), fallback=Fallback(enabled=False))
     assert off.fallback is None and off.kept == [2]
+    assert len(decide(col([0.1] * 8), fallback=rule, min_keep=6).kept) == 6  # min_keep stays a floor
     # A document no judge scored is never among the fallback's picks.
     assert decide([[float("nan")], [0.1], [0.1], [0.1]], fallback=rule).kept == [1, 2]
 
