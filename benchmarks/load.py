@@ -62,10 +62,26 @@ async def drive(run_one: Any, queries: list[str], concurrency: int) -> tuple[lis
                 errors += 1
                 print(f"error on {q!r}: {type(exc).__name__}: {exc}")
             latencies.append(time.perf_counter() - start)
+            if len(latencies) % 10 == 0:  # a stopped run still tells how far it got
+                print(f"  {len(latencies)} done, p50 {np.median(latencies):.1f} s, errors {errors}, "
+                      f"RSS {rss_mib():.0f} MiB", flush=True)
 
     start = time.perf_counter()
     await asyncio.gather(*(one(q) for q in queries))
     return latencies, errors, time.perf_counter() - start
+
+
+def prefix_cache(base_url: str) -> tuple[float, float]:
+    """vLLM's prefix-cache (hits, queries) counters, in tokens."""
+    import httpx
+
+    text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
+    found = {"hits": 0.0, "queries": 0.0}
+    for line in text.splitlines():
+        for key in found:
+            if line.startswith(f"vllm:prefix_cache_{key}_total"):
+                found[key] += float(line.rsplit(" ", 1)[1])
+    return found["hits"], found["queries"]
 
 
 def row(path: str, lat: list[float], errors: int, wall: float, rss: tuple[float, float]) -> str:
@@ -93,15 +109,16 @@ async def main() -> None:
     print(f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"{args.queries} queries x {args.passages} passages, concurrency {args.concurrency}, {args.model} "
           f"at {args.base_url}\n")
-    print("| path | queries | errors | wall | queries/s | p50 s | p95 s | p99 s | max s | client RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    r0 = rss_mib()
-    lat, err, wall = await drive(lambda q: rag.filter(q, docs[q]), queries, args.concurrency)
-    r1 = rss_mib()
-    print(row("async API `MainRAG.filter`", lat, err, wall, (r0, r1)), flush=True)
-    lat, err, wall = await drive(retriever.ainvoke, queries, args.concurrency)
-    r2 = rss_mib()
-    print(row("LangChain `MainRAGRetriever.ainvoke`", lat, err, wall, (r1, r2)), flush=True)
+    print("| path | queries | errors | wall | queries/s | p50 s | p95 s | p99 s | max s | client RSS | vLLM |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    paths = {"async API `MainRAG.filter`": lambda q: rag.filter(q, docs[q]),
+             "LangChain `MainRAGRetriever.ainvoke`": retriever.ainvoke}
+    for name, run_one in paths.items():
+        r0, c0 = rss_mib(), prefix_cache(args.base_url)
+        lat, err, wall = await drive(run_one, queries, args.concurrency)
+        (h0, q0), (h1, q1) = c0, prefix_cache(args.base_url)
+        print(row(name, lat, err, wall, (r0, rss_mib())) + f" prefix cache hits {(h1 - h0) / max(q1 - q0, 1):.0%} |",
+              flush=True)
     await rag.aclose()
 
 
