@@ -18,7 +18,7 @@ from mainrag.backends import Backend, make_backend
 from mainrag.backends.base import BatchBackend, Generation, Judgement
 from mainrag.config import BackendSettings, JudgeSettings, Settings
 from mainrag.documents import Document, as_documents
-from mainrag.errors import BackendError, InputError, JudgeError, MainRAGError
+from mainrag.errors import BackendError, ConfigError, InputError, JudgeError, MainRAGError
 from mainrag.prompts import judge_template_name, load_template
 from mainrag.results import AnswerResult, FilterResult, JudgeScore, ScoredDocument, Usage
 from mainrag.retrieval import Retriever
@@ -226,8 +226,9 @@ class MainRAG:
                     "log-probabilities (`yes_no_token_ids`)"
                 )
             root = first.__cause__ or first
-            if isinstance(root, BackendError):  # e.g. the server is down: say so, not "judges failed"
-                raise BackendError(str(root)) from None
+            for kind in (BackendError, ConfigError):  # e.g. the server is down, or the model cannot
+                if isinstance(root, kind):  # load: say so, not "judges failed"
+                    raise kind(str(root)) from None
             raise JudgeError(f"every judge failed on every document; first error: {_error(first)}")
         # Every judge mostly censored: their scores are bounds, not a ranking.
         distrust = "mostly censored scores" if warnings and len(warnings) == len(self.judges) else None

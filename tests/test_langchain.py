@@ -243,3 +243,14 @@ async def test_lcel_chain_with_vllm_async(kind: str, vllm_url: str, vllm_model: 
     finally:
         await engine.aclose()
         await http.aclose()
+
+
+def test_the_retriever_loads_no_model_until_first_used(vectorstore: Chroma) -> None:
+    rag = MainRAG(backend={"kind": "local", "model": "smollm2-135m", "n_ctx": 2048})
+    retriever = MainRAGRetriever(rag=rag, base_retriever=vectorstore.as_retriever(search_kwargs={"k": 3}))
+    assert not rag.backend.loaded  # building the chain costs no weights
+    try:
+        assert retriever.invoke("Who wrote Hamlet?")
+        assert rag.backend.loaded
+    finally:
+        rag.close()

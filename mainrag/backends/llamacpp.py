@@ -484,9 +484,17 @@ class LlamaCppBackend:
         self._n_kv = n_kv
         self._label = model if model in models.PRESETS else path.stem
         self._reuse = prefix_reuse
-        self._loaded: _LoadedModel | None = _acquire(
-            path, n_ctx, n_threads or _default_threads(), seed, verbose
-        )
+        # Loaded on first use, not here: a retriever or chain can be built (at import, in a
+        # config) without loading weights; the path is checked now, so a typo fails early.
+        self._args = (path, n_ctx, n_threads or _default_threads(), seed, verbose)
+        self._loaded: _LoadedModel | None = None
+        self._closed = False
+        self._load_lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the weights are in memory (they load at the first call)."""
+        return self._loaded is not None
 
     @property
     def name(self) -> str:
@@ -529,7 +537,9 @@ class LlamaCppBackend:
         await self._run(loaded, _clear_sync, loaded)
 
     async def aclose(self) -> None:
-        loaded, self._loaded = self._loaded, None
+        with self._load_lock:
+            self._closed = True
+            loaded, self._loaded = self._loaded, None
         if loaded is None or not _release(loaded):
             return
         # Free on the model's own thread, after every job already queued.
@@ -537,9 +547,15 @@ class LlamaCppBackend:
         loaded.executor.shutdown(wait=False)
 
     def _model(self) -> _LoadedModel:
-        if self._loaded is None:
-            raise BackendError(f"{self.name} is closed")
-        return self._loaded
+        loaded = self._loaded
+        if loaded is not None:
+            return loaded
+        with self._load_lock:  # one load however many tasks or threads ask at once
+            if self._closed:
+                raise BackendError(f"{self.name} is closed")
+            if self._loaded is None:
+                self._loaded = _acquire(*self._args)
+            return self._loaded
 
     @staticmethod
     async def _run(loaded: _LoadedModel, fn: Callable[..., T], *args: Any) -> T:
