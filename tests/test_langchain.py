@@ -97,9 +97,27 @@ class RetrieverRuns(BaseCallbackHandler):
 
     def __init__(self) -> None:
         self.runs: list[tuple[str, UUID, UUID | None]] = []
+        self.agents: dict[UUID, dict[str, Any]] = {}  # the agents' child runs: name, parent, inputs, outputs
 
     def on_retriever_start(self, serialized: Any, query: str, *, run_id: UUID, parent_run_id: UUID | None = None, **kw: Any) -> None:
         self.runs.append((kw.get("name") or (serialized or {}).get("name", ""), run_id, parent_run_id))
+
+    def on_chain_start(self, serialized: Any, inputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kw: Any) -> None:
+        self.agents[run_id] = {"name": kw.get("name"), "parent": parent_run_id, "inputs": inputs}
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kw: Any) -> None:
+        self.agents[run_id]["outputs"] = outputs
+
+
+def check_agent_runs(handler: RetrieverRuns, docs: list[LCDocument], n_candidates: int) -> None:
+    """A tracer sees every Judge call under the retriever's run, with the score the result holds."""
+    outer_id = handler.runs[0][1]
+    judged = [r for r in handler.agents.values() if r["name"].startswith("mainrag.Judge[")]
+    assert len(judged) == n_candidates and all(r["parent"] == outer_id for r in judged)
+    by_id = {r["inputs"]["document_id"]: r["outputs"] for r in judged}
+    for d in docs:
+        (score,) = d.metadata["judge_scores"].values()
+        assert by_id[d.id]["score"] == score and by_id[d.id]["kept"] is True
 
 
 def check_child_run(handler: RetrieverRuns) -> None:
@@ -117,6 +135,7 @@ def test_callbacks_reach_the_base_retriever_as_a_child_run(rag: MainRAG, vectors
     finally:
         judge_only.close()
     check_child_run(handler)
+    check_agent_runs(handler, docs, K)
     check_kept(docs, judge_only, {d.id for d in vectorstore.similarity_search(QUESTION, k=K)})  # no answers
 
 
@@ -125,10 +144,11 @@ async def test_callbacks_reach_the_base_retriever_as_a_child_run_async(rag: Main
     retriever = MainRAGRetriever(rag=judge_only, base_retriever=vectorstore.as_retriever(search_kwargs={"k": K}))
     handler = RetrieverRuns()
     try:
-        await retriever.ainvoke(QUESTION, {"callbacks": [handler]})
+        docs = await retriever.ainvoke(QUESTION, {"callbacks": [handler]})
     finally:
         await judge_only.aclose()
     check_child_run(handler)
+    check_agent_runs(handler, docs, K)
 
 
 def test_retriever_over_a_mainrag_collection_sync(rag: MainRAG, collection: ChromaRetriever) -> None:

@@ -21,7 +21,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from langchain_core.callbacks import (
+    AsyncCallbackManager,
     AsyncCallbackManagerForRetrieverRun,
+    CallbackManager,
     CallbackManagerForRetrieverRun,
     Callbacks,
 )
@@ -85,6 +87,30 @@ def _to_langchain(doc: Document) -> LCDocument:
     return LCDocument(id=doc.id, page_content=doc.text, metadata={**doc.metadata, "title": doc.title})
 
 
+def agent_runs(result: FilterResult) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(name, inputs, outputs) of every agent call behind a filter result, for callbacks."""
+    runs = []
+    for d in result.kept + result.dropped:
+        inputs = {"question": result.query, "document_id": d.id}
+        if d.answer is not None:
+            runs.append(("mainrag.Predictor", inputs, {"answer": d.answer}))
+        for name, j in d.judges.items():
+            runs.append((f"mainrag.Judge[{name}]", inputs,
+                         {"score": j.score, "z": j.z, "censored": j.censored, "error": j.error, "kept": d.kept}))
+    return runs
+
+
+def trace(manager: CallbackManager, result: FilterResult) -> None:
+    """Each Predictor and Judge call as a child run (its score in the outputs), so a tracer sees them."""
+    for name, inputs, outputs in agent_runs(result):
+        manager.on_chain_start(None, inputs, name=name).on_chain_end(outputs)
+
+
+async def atrace(manager: AsyncCallbackManager, result: FilterResult) -> None:
+    for name, inputs, outputs in agent_runs(result):
+        await (await manager.on_chain_start(None, inputs, name=name)).on_chain_end(outputs)
+
+
 def kept_documents(result: FilterResult, originals: Sequence[LCDocument]) -> list[LCDocument]:
     """The kept inputs, best first, with every score in their metadata."""
     kept = []
@@ -142,7 +168,9 @@ class MainRAGRetriever(BaseRetriever):
             candidates = [_to_langchain(d) for d in self.collection.retrieve_sync(query, self._k)]
         if not candidates:
             return []
-        return kept_documents(self.rag.filter_sync(query, from_langchain(candidates)), candidates)
+        result = self.rag.filter_sync(query, from_langchain(candidates))
+        trace(run_manager.get_child(), result)
+        return kept_documents(result, candidates)
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
@@ -154,7 +182,9 @@ class MainRAGRetriever(BaseRetriever):
             candidates = [_to_langchain(d) for d in await self.collection.retrieve(query, self._k)]
         if not candidates:
             return []
-        return kept_documents(await self.rag.filter(query, from_langchain(candidates)), candidates)
+        result = await self.rag.filter(query, from_langchain(candidates))
+        await atrace(run_manager.get_child(), result)
+        return kept_documents(result, candidates)
 
 
 class MainRAGCompressor(BaseDocumentCompressor):
@@ -170,11 +200,15 @@ class MainRAGCompressor(BaseDocumentCompressor):
     ) -> Sequence[LCDocument]:
         if not documents:
             return []
-        return kept_documents(self.rag.filter_sync(query, from_langchain(documents)), documents)
+        result = self.rag.filter_sync(query, from_langchain(documents))
+        trace(CallbackManager.configure(callbacks), result)
+        return kept_documents(result, documents)
 
     async def acompress_documents(
         self, documents: Sequence[LCDocument], query: str, callbacks: Callbacks | None = None
     ) -> Sequence[LCDocument]:
         if not documents:
             return []
-        return kept_documents(await self.rag.filter(query, from_langchain(documents)), documents)
+        result = await self.rag.filter(query, from_langchain(documents))
+        await atrace(AsyncCallbackManager.configure(callbacks), result)
+        return kept_documents(result, documents)
