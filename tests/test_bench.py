@@ -432,3 +432,24 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     call_keys = [c["key"] for c in _lines(out / "calls.jsonl")]
     assert len(call_keys) == len(set(call_keys))  # no finished call was paid for twice
     assert json.loads((out / "summary.json").read_text())["items"] == 3
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(900)
+def test_llm_filter_on_a_server_is_langchains_own(tmp_path: Path, vllm_url: str, vllm_model: str) -> None:
+    """On the HTTP backend the llm-filter system is LangChain's LLMChainFilter with ChatOpenAI,
+    against the same server and model; its kept ids and token usage are cached for --resume."""
+    if not DATA.is_file():
+        need_shared_data(DATA)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mainrag", "bench", "popqa", "--data", str(DATA), "--limit", "2", "--k", "4",
+           "--backend", "openai", "--base-url", vllm_url, "--model", vllm_model, "--systems", "rag,llm-filter",
+           "--out", str(out), "--no-progress"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=800)
+    assert proc.returncode == 0, proc.stderr
+    calls = [r for r in _lines(out / "calls.jsonl") if r["key"].endswith("|llm-filter-langchain")]
+    assert len(calls) == 2 and all(c["prompt_tokens"] > 0 for c in calls)
+    for row, call in zip(_lines(out / "items.jsonl"), calls, strict=True):
+        kept = row["systems"]["llm-filter"]["kept"]
+        assert sorted(kept) == sorted(json.loads(call["text"]))
+        assert set(kept) <= {c["id"] for c in row["candidates"]}

@@ -147,6 +147,32 @@ class Agents:
 _YES_NO = re.compile(r"\b(YES|NO)\b", re.IGNORECASE)
 
 
+async def langchain_filter(settings: Any, question: str, docs: Sequence[Document]) -> tuple[list[str], tuple[int, int]]:
+    """The real ``LLMChainFilter`` with ``ChatOpenAI`` on the settings' server and model:
+    the ids it keeps, and the (input, output) tokens it spent."""
+    import os
+
+    import httpx
+    import openai
+    from langchain_classic.retrievers.document_compressors import LLMChainFilter
+    from langchain_core.callbacks import UsageMetadataCallbackHandler
+    from langchain_core.documents import Document as LCDocument
+    from langchain_openai import ChatOpenAI
+
+    b = settings.backend
+    key = os.environ.get("MAINRAG_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+    llm = ChatOpenAI(model=b.model, base_url=b.base_urls[0], api_key=key, temperature=0, timeout=b.timeout,
+                     max_retries=b.retries)
+    usage = UsageMetadataCallbackHandler()
+    lc_docs = [LCDocument(id=d.id, page_content=d.content) for d in docs]
+    try:
+        kept = await LLMChainFilter.from_llm(llm).acompress_documents(lc_docs, question, callbacks=[usage])
+    except (openai.APIError, httpx.HTTPError) as exc:  # the server's fault: recorded, not cached
+        raise MainRAGError(f"LLMChainFilter failed: {type(exc).__name__}: {exc}") from exc
+    tokens = [(u.get("input_tokens", 0), u.get("output_tokens", 0)) for u in usage.usage_metadata.values()]
+    return [str(d.id) for d in kept], (sum(t[0] for t in tokens), sum(t[1] for t in tokens))
+
+
 def parse_yes_no(text: str) -> bool:
     """LangChain's BooleanOutputParser, leniently: the first YES/NO word; none means NO."""
     m = _YES_NO.search(text)
@@ -226,7 +252,29 @@ class Workbench:
         )
 
     async def filter_votes(self) -> list[CallRecord]:
+        """LLMChainFilter's YES/NO per document: LangChain's own class on a server; on the
+        embedded backend (no LangChain chat model for it) its prompt and parser, re-implemented."""
+        if self.agents.rag.settings.backend.kind == "openai":
+            return await self._langchain_votes()
         return [await self._call(f"llm-filter|{d.id}", lambda d=d: self._ask_filter(d)) for d in self.docs]
+
+    async def _langchain_votes(self) -> list[CallRecord]:
+        """One cached call: the ids ``LLMChainFilter.acompress_documents`` kept, with its token usage."""
+        key = self.key("llm-filter-langchain")
+        record = self.cache.get(key)
+        if record is None:
+            start = time.perf_counter()
+            try:
+                kept, usage = await langchain_filter(self.agents.rag.settings, self.item.question, self.docs)
+            except MainRAGError as exc:
+                return [CallRecord(key=key, seconds=time.perf_counter() - start, error=str(exc))] * len(self.docs)
+            record = CallRecord(key=key, seconds=time.perf_counter() - start, text=json.dumps(kept),
+                                prompt_tokens=usage[0], completion_tokens=usage[1])
+            self.cache.put(record)
+        kept_ids, n = set(json.loads(record.text or "[]")), len(self.docs)
+        return [CallRecord(key=f"{key}|{d.id}", seconds=record.seconds / n, text="YES" if d.id in kept_ids else "NO",
+                           prompt_tokens=record.prompt_tokens // n, completion_tokens=record.completion_tokens // n)
+                for d in self.docs]  # fmt: skip
 
     async def _ask_filter(self, doc: Document) -> Generation:
         """LLMChainFilter's call: its prompt as the only (user) message, the document as LangChain
