@@ -42,6 +42,7 @@ class SystemSummary(BaseModel):
     latency_p50: float  # seconds per query, sum of the calls the system needs
     latency_p95: float
     errors: int  # failed LLM calls
+    fallbacks: int = 0  # questions where the judges were overruled (do no harm)
 
 
 class Summary(BaseModel):
@@ -100,6 +101,7 @@ def summarise(out_dir: Path) -> Summary:
             latency_p50=float(np.percentile(latency, 50)),
             latency_p95=float(np.percentile(latency, 95)),
             errors=sum(p["errors"] for p in per),
+            fallbacks=sum("fallback" in p for p in per),
         )
     from mainrag.bench.datasets import get_spec
 
@@ -212,6 +214,10 @@ def markdown(summary: Summary, rows: list[dict[str, Any]] | None = None) -> str:
             lines.append(f"- {name}: {verdict} by {delta:+.3f} (+{s.wins_vs_rag} / −{s.losses_vs_rag} items, "
                          f"p = {sign_test_p(s.wins_vs_rag, s.losses_vs_rag or 0):.2f})")
     lines += disagreement_table(rows or [])
+    fallbacks = {n: s.fallbacks for n, s in summary.systems.items() if s.fallbacks}
+    if fallbacks:
+        lines += ["", "Judges overruled (do no harm: the retriever's top kept), questions per system: "
+                  + ", ".join(f"{n} {k} of {summary.systems[n].items}" for n, k in fallbacks.items())]
     errors = {n: s.errors for n, s in summary.systems.items() if s.errors}
     if errors:
         lines += ["", f"Failed LLM calls (counted as no answer / unscored): {errors}"]
