@@ -258,6 +258,41 @@ def test_cheap_judges_answer_with_the_main_model(tmp_path: Path, monkeypatch: py
                            resume=False, data=data, progress=False).run())
 
 
+class InFlight(ScriptedBackend):
+    """Counts how many generations run at once (each takes a moment, as on a server)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = self.most = 0
+
+    async def generate(self, prompt: Prompt, *, max_tokens: int) -> Generation:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(0.02)
+            return await super().generate(prompt, max_tokens=max_tokens)
+        finally:
+            self.now -= 1
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_concurrency_keeps_that_many_items_in_flight(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     concurrency: int) -> None:
+    data = tmp_path / "d.jsonl"
+    rows = [{"question": f"Capital {i}?", "answers": ["Paris"], "ctxs": [d.model_dump() for d in item(1).documents]}
+            for i in range(3)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    backend = InFlight()
+    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=backend))
+    config = RunConfig(dataset="triviaqa", data="", systems=["rag"], k=1, model="scripted")
+    runner = Runner(config, Settings(), tmp_path / "out", resume=False, data=data, progress=False,
+                    concurrency=concurrency)
+    assert asyncio.run(runner.run()) == 3
+    assert backend.most == concurrency  # one rag answer per item: items in flight = calls in flight
+    done = read_items(tmp_path / "out")
+    assert len(done) == 3 and all(r["wall"] > 0 for r in done)
+
+
 class MisjudgingBackend(ScriptedBackend):
     """A judge that prefers the documents without the answer."""
 

@@ -14,6 +14,7 @@ import hashlib
 import platform
 import shlex
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -224,8 +225,9 @@ class Runner:
 
     def __init__(self, config: RunConfig, settings: Settings, out_dir: Path, *, resume: bool,
                  limit: int | None = None, data: Path | None = None, progress: bool = True,
-                 calls: Path | None = None):
+                 calls: Path | None = None, concurrency: int = 1):
         self.config, self.settings, self.out = config, settings, out_dir
+        self.concurrency = concurrency
         self.calls_path = calls or out_dir / CALLS_FILE
         self.skipped = 0
         self.spec = get_spec(config.dataset)
@@ -300,16 +302,27 @@ class Runner:
 
         bar = tqdm(total=len(items), initial=len(items) - len(todo), unit="item", dynamic_ncols=True,
                    desc=f"{self.spec.name}", disable=not self.progress, file=sys.stderr)
-        try:
-            for item in todo:
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(item: BenchItem) -> None:
+            async with gate:  # N items in flight: a server batches their calls together
+                start = time.perf_counter()
                 bench = Workbench(item, agents, self.cache)
                 labels = [m.has_answer(d.content, item.golds) for d in item.documents]
                 outcomes = {}
                 for system in self.config.systems:
                     bar.set_postfix_str(system)
                     outcomes[system] = await bench.run(system)
-                self.items_file.append(item_row(self.spec, item, labels, bench, outcomes))
+                row = item_row(self.spec, item, labels, bench, outcomes)
+                self.items_file.append(row | {"wall": round(time.perf_counter() - start, 3)})
                 bar.update(1)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for item in todo:
+                    group.create_task(one(item))
+        except BaseExceptionGroup as failed:  # the first item's error, as a sequential run raises it
+            raise failed.exceptions[0] from None
         finally:
             bar.close()
             await rag.aclose()

@@ -36,6 +36,7 @@ def bench(
     retriever: Annotated[str | None, typer.Option(help="chroma:NAME: candidates from that Chroma collection (store from MAINRAG_CHROMA_PATH/HOST).")] = None,
     gold_at: Annotated[GoldAt | None, typer.Option(help="Noise sweep: one answer-bearing passage among k-1 of the record's distractors, at this position.")] = None,
     cheap_model: Annotated[str | None, typer.Option(help="mainrag-cheap: the Predictor's and Judge's model (preset or .gguf); --model answers.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Items in flight at once (a server batches their calls; the embedded backend gains nothing).")] = 1,
     inject: Annotated[bool, typer.Option(help="Append prompt injections to passages without an answer (security measurement).")] = False,
     config: Annotated[Path | None, typer.Option(help="TOML settings (retriever_weight, fallback, final_order, layout, n...).")] = None,
     calls: Annotated[Path | None, typer.Option(help="Call cache file (default OUT/calls.jsonl); runs over the same passages share one.")] = None,
@@ -61,7 +62,8 @@ def bench(
             dataset=dataset, data=str(data or ""), systems=_systems(systems), k=k, backend=backend, model=model,
             retriever=retriever, embedding_threshold=embedding_threshold, gold_at=gold_at, inject=inject, cheap_model=cheap_model,
         )
-        runner = Runner(run, settings, target, resume=resume, limit=limit, data=data, progress=progress, calls=calls)
+        runner = Runner(run, settings, target, resume=resume, limit=limit, data=data, progress=progress, calls=calls,
+                        concurrency=concurrency)
         finished = run_sync(runner)
         out.print(f"{finished} item(s) finished now; {len(runner.done_keys())} in {safe(target / 'items.jsonl')}")
     summary = write_report(target)
