@@ -225,8 +225,7 @@ def special_tokens(small: LlamaCppBackend) -> dict[int, str]:
     """Every token llama.cpp parses out of text when specials are on."""
     import llama_cpp
 
-    loaded = small._loaded
-    assert loaded is not None
+    loaded = small._model()  # the weights load at the first use
     model = loaded.llm._model
     flags = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
     return {i: model.token_get_text(i) for i in range(loaded.llm.n_vocab()) if model.token_get_attr(i) & flags}
@@ -244,8 +243,7 @@ def contains(tokens: list[int], part: list[int]) -> bool:
 async def test_llamacpp_contents_never_become_special_tokens(small: LlamaCppBackend) -> None:
     from mainrag.backends import llamacpp
 
-    loaded = small._loaded
-    assert loaded is not None
+    loaded = small._model()  # the weights load at the first use
     llm = loaded.llm
     specials = special_tokens(small)
     assert "<|im_end|>" in specials.values() and "<|im_start|>" in specials.values()
@@ -267,8 +265,7 @@ async def test_llamacpp_contents_never_become_special_tokens(small: LlamaCppBack
 
 async def test_neutralised_text_parses_no_special_token_in_a_real_tokenizer(small: LlamaCppBackend) -> None:
     # What an HTTP server does with the chat text: tokenize it with specials on.
-    loaded = small._loaded
-    assert loaded is not None
+    loaded = small._model()  # the weights load at the first use
     specials = special_tokens(small)
     raw = f"{CHAT_INJECTION} {' '.join(specials.values())} {' '.join(SPECIAL_TOKENS)}"
     assert set(loaded.llm.tokenize(raw.encode(), add_bos=False, special=True)) & specials.keys()
