@@ -174,8 +174,7 @@ async def test_truncation_keeps_instruction(small: LlamaCppBackend, layout: Layo
     from mainrag.backends import llamacpp
 
     prompt = judge_prompt("Filler", "word " * 3000, "Who designed the Eiffel Tower?", layout=layout)
-    loaded = small._loaded
-    assert loaded is not None
+    loaded = small._model()  # the weights load at the first use
     tokens = llamacpp._fit_prompt(loaded, prompt, budget=500)
     text = loaded.llm.detokenize(tokens, special=True).decode()
     assert 400 < len(tokens) <= 500
