@@ -21,6 +21,9 @@ from mainrag.bench.runner import read_info, read_items
 from mainrag.bench.variants import ATTACKS
 
 
+NOT_FILTERS = {"rag", "closed-book"}  # they keep every passage (or none): nothing to fool
+
+
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     if n == 0:
         return (math.nan, math.nan)
@@ -39,8 +42,9 @@ def rates(clean_dir: Path, injected_dir: Path) -> dict[str, dict[str, tuple[int,
         if base is None:
             continue
         for system, out in row["systems"].items():
-            if system not in base["systems"] or out.get("scores") is None:
+            if system in NOT_FILTERS or system not in base["systems"] or out.get("scores") is None:
                 continue  # not a filter (rag, closed-book), or not in the clean run
+            counts[system]  # a filter that never dropped an attacked passage's clean version still shows
             dropped = {c["id"] for c in base["candidates"]} - set(base["systems"][system]["kept"])
             for cand in row["candidates"]:
                 doc, _, attack = cand["id"].rpartition("+")
@@ -54,10 +58,11 @@ def table(found: dict[str, dict[str, tuple[int, int]]]) -> str:
     head = "| system | " + " | ".join(ATTACKS) + " | all | 95% CI (all) |"
     lines = [head, "|" + "---|" * (len(ATTACKS) + 3)]
     for system, by in found.items():
-        cells = [f"{by[a][0]}/{by[a][1]}" if a in by else "–" for a in ATTACKS]
+        cells = [f"{by[a][0]}/{by[a][1]}" if a in by else "0/0" for a in ATTACKS]
         k, n = sum(v[0] for v in by.values()), sum(v[1] for v in by.values())
         lo, hi = wilson(k, n)
-        lines.append(f"| {system} | " + " | ".join(cells) + f" | {k}/{n} = {k / max(n, 1):.1%} | {lo:.1%}–{hi:.1%} |")
+        rate, ci = (f"{k / n:.1%}", f"{lo:.1%}–{hi:.1%}") if n else ("–", "–")
+        lines.append(f"| {system} | " + " | ".join(cells) + f" | {k}/{n} = {rate} | {ci} |")
     return "\n".join(lines)
 
 
