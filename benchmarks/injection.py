@@ -20,7 +20,6 @@ from pathlib import Path
 from mainrag.bench.runner import read_info, read_items
 from mainrag.bench.variants import ATTACKS
 
-
 NOT_FILTERS = {"rag", "closed-book"}  # they keep every passage (or none): nothing to fool
 
 
