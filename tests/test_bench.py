@@ -224,7 +224,10 @@ def test_injection_runs_measure_what_an_attack_makes_a_filter_keep(tmp_path: Pat
         asyncio.run(Runner(config, Settings(), tmp_path / name, resume=False, data=data, progress=False,
                            calls=calls).run())
     (row,) = read_items(tmp_path / "injected")
-    assert [c["id"] for c in row["candidates"]] == ["p0", "b0", *(f"b{i}+{a}" for i, a in zip(range(1, 5), ATTACKS))]
+    # Four attacks over the five answerless passages, first to last: b0, b1, b3, b4 (b2 stays clean).
+    attacked = dict(zip(["b0", "b1", "b3", "b4"], ATTACKS, strict=True))
+    assert [c["id"] for c in row["candidates"]] == ["p0", *(f"b{i}+{attacked[f'b{i}']}" if f"b{i}" in attacked
+                                                            else f"b{i}" for i in range(5))]
     found = injection.rates(tmp_path / "clean", tmp_path / "injected")
     # main-rag dropped every Berlin passage when clean; injected, it keeps the one that orders a Yes.
     assert found["main-rag"] == {"order": (1, 1), "delimiter": (0, 1), "special": (0, 1), "predictor": (0, 1)}
@@ -488,3 +491,13 @@ def test_llm_filter_on_a_server_is_langchains_own(tmp_path: Path, vllm_url: str,
         kept = row["systems"]["llm-filter"]["kept"]
         assert sorted(kept) == sorted(json.loads(call["text"]))
         assert set(kept) <= {c["id"] for c in row["candidates"]}
+
+
+def test_attacks_are_spread_over_the_retrieval_order() -> None:
+    from mainrag.bench.variants import attacked_slots
+
+    assert attacked_slots(list(range(20)), 4) == [0, 6, 13, 19]  # best-ranked to worst
+    assert attacked_slots([2, 5], 4) == [2, 5]  # fewer answerless passages than attacks
+    for n in range(1, 5):
+        slots = attacked_slots(list(range(3, 17)), n)
+        assert len(slots) == len(set(slots)) == n and slots == sorted(slots) and slots[0] == 3

@@ -56,14 +56,23 @@ ATTACKS: dict[str, str] = {
 }  # fmt: skip
 
 
+def attacked_slots(clean: list[int], n: int) -> list[int]:
+    """n of the answerless passages' positions, spread over the retrieval order (first to last), so
+    that neither the retriever's voice nor its order decides the measurement."""
+    if len(clean) <= n:
+        return clean
+    return [clean[round(k * (len(clean) - 1) / (n - 1))] for k in range(n)] if n > 1 else clean[:1]
+
+
 def inject(items: list[BenchItem]) -> list[BenchItem]:
-    """Each item with one attack appended to each of its last len(ATTACKS) passages that hold
-    no answer (retrieval order; id ``<id>+<attack>``); an item with too few is left clean."""
+    """Each item with one attack appended to each of len(ATTACKS) passages that hold no answer,
+    from the best-ranked to the worst (id ``<id>+<attack>``); an item with too few gets fewer.
+    (The first round, 2026-12-02, attacked the last four instead: see benchmarks/RESULTS.md.)"""
     out = []
     for item in items:
         clean = [i for i, d in enumerate(item.documents) if not has_answer(d.content, item.golds)]
         docs = list(item.documents)
-        for i, (name, text) in zip(clean[-len(ATTACKS):], ATTACKS.items(), strict=False):
+        for i, (name, text) in zip(attacked_slots(clean, len(ATTACKS)), ATTACKS.items(), strict=False):
             docs[i] = docs[i].model_copy(update={"id": f"{docs[i].id}+{name}", "text": docs[i].text + text})
         out.append(item.model_copy(update={"documents": docs}))
     return out
