@@ -16,6 +16,7 @@ import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ class Agents:
             h.update(t.system.encode() + b"\0" + t.user.encode() + b"\0")
         return h.hexdigest()
 
-    @property
+    @cached_property  # read by every cache key: hash the templates once
     def context(self) -> str:
         """What every call depends on but its item and name: prompts, model, decoding settings."""
         s = self.rag.settings
