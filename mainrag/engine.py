@@ -6,7 +6,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Self, TypeVar
 
@@ -57,11 +57,14 @@ class MainRAG:
         backend: Backend | BackendSettings | Mapping[str, Any] | None = None,
         judges: Sequence[Judge] | Sequence[JudgeSettings | Mapping[str, Any]] | None = None,
         retriever: Retriever | None = None,
+        backend_factory: Callable[[BackendSettings], Backend] = make_backend,
         **overrides: Any,
     ):
         """``backend`` is a ready Backend or its settings (merged over the
         environment's); ``judges`` are ready Judges or their settings;
-        ``overrides`` are :class:`Settings` fields."""
+        ``backend_factory`` makes the backend of each settings block (the
+        benchmark's puts its call cache in front of each); ``overrides`` are
+        :class:`Settings` fields."""
         if isinstance(backend, BackendSettings | Mapping):
             overrides["backend"] = _plain(backend)
             backend = None
@@ -71,6 +74,7 @@ class MainRAG:
         self.settings = settings or Settings.load(**overrides)
         s = self.settings
         self._backends: dict[str, Backend] = {}
+        self._make_backend = backend_factory
         self.backend = backend or self._backend(s.backend)
         self.retriever = retriever
         self.predictor = Predictor(
@@ -90,7 +94,7 @@ class MainRAG:
         """One backend per distinct settings block, shared by the agents that use it."""
         key = cfg.model_dump_json()
         if key not in self._backends:
-            self._backends[key] = make_backend(cfg)
+            self._backends[key] = self._make_backend(cfg)
         return self._backends[key]
 
     def _make_judges(self) -> list[Judge]:

@@ -28,10 +28,9 @@ from mainrag.bench.cache import CallCache
 from mainrag.bench.datasets import BenchItem
 from mainrag.bench.report import write_report
 from mainrag.bench.runner import RunConfig, Runner, read_items
-from mainrag.bench.systems import DEFAULT_SYSTEMS, MAIN_RAG_N, Agents, Workbench
-from mainrag.config import Settings
+from mainrag.bench.systems import DEFAULT_SYSTEMS, MAIN_RAG_N, Agents, Models, Workbench
+from mainrag.config import BackendSettings, Settings
 from mainrag.documents import Document
-from mainrag.engine import MainRAG
 from mainrag.errors import ConfigError, InputError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "popqa_longtail_100.jsonl"
@@ -82,17 +81,20 @@ def item(k: int = 4) -> BenchItem:
 
 def test_systems_share_one_set_of_judgements(tmp_path: Path) -> None:
     backend = ScriptedBackend()
-    agents = Agents(MainRAG(Settings(), backend=backend), embedder=fake_embedder, embedding_threshold=0.5)
-    bench = Workbench(item(), agents, CallCache(tmp_path / "calls.jsonl"))
+    models = Models(CallCache(tmp_path / "calls.jsonl"), make=lambda cfg: backend)
+    agents = Agents(Settings(), models, DEFAULT_SYSTEMS, embedder=fake_embedder, embedding_threshold=0.5)
+    bench = Workbench(item(), agents)
 
     async def all_systems() -> dict:
         return {s: await bench.run(s) for s in DEFAULT_SYSTEMS}
 
     out = asyncio.run(all_systems())
-    # 4 docs: predictor x4, llm-filter x4; judges: paper, prefix, conversation, judge-only x4 each.
-    assert backend.calls["judge"] == 16
-    finals = {tuple(o.kept) for o in out.values()}  # one final per distinct kept list
-    assert backend.calls["generate"] == 8 + len(finals)
+    # 4 docs, 3 texts (d0 and d2 read alike: one call serves both): predictor x3, llm-filter x3;
+    # judges: paper, prefix, conversation, judge-only x3 each.
+    assert backend.calls["judge"] == 12
+    texts = [d.text for d in item().documents]
+    finals = {tuple(texts[i] for i in o.kept) for o in out.values()}  # one final per distinct prompt
+    assert backend.calls["generate"] == 6 + len(finals)
     for name in MAIN_RAG_N:
         assert out[name].kept[:2] == [0, 2]  # the Paris documents, best first
         assert len(out[name].calls) == 4 + 4 + 1  # cost as if run alone
@@ -100,8 +102,9 @@ def test_systems_share_one_set_of_judgements(tmp_path: Path) -> None:
     assert out["llm-filter"].kept == [0, 2]
 
     # A second pass over the same cache (a resumed run) makes no call at all.
-    again = Workbench(item(), Agents(MainRAG(Settings(), backend=(fresh := ScriptedBackend())),
-                                     embedder=fake_embedder), CallCache(tmp_path / "calls.jsonl"))
+    fresh = ScriptedBackend()
+    models = Models(CallCache(tmp_path / "calls.jsonl"), make=lambda cfg: fresh)
+    again = Workbench(item(), Agents(Settings(), models, ["consensus"], embedder=fake_embedder))
     asyncio.run(again.run("consensus"))
     assert sum(fresh.calls.values()) == 0
 
@@ -112,7 +115,7 @@ def test_runner_and_report_with_scripted_backend(tmp_path: Path, monkeypatch: py
             for i in range(3)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     backend = ScriptedBackend()
-    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=backend))
+    monkeypatch.setattr("mainrag.bench.systems.make_backend", lambda cfg: backend)
     monkeypatch.setattr("mainrag.bench.runner.minilm_embedder", lambda: fake_embedder)
     config = RunConfig(dataset="triviaqa", data="", systems=list(DEFAULT_SYSTEMS), k=4, model="scripted")
     runner = Runner(config, Settings(), tmp_path / "out", resume=False, limit=2, data=data, progress=False)
@@ -150,7 +153,7 @@ def test_precision_leaves_out_questions_no_candidate_answers(tmp_path: Path, mon
     rows = [{"question": "Capital of France?", "answers": ["Paris"], "ctxs": ctxs},
             {"question": "Capital of Italy?", "answers": ["Rome"], "ctxs": ctxs}]  # no passage holds Rome
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=ScriptedBackend()))
+    monkeypatch.setattr("mainrag.bench.systems.make_backend", lambda cfg: ScriptedBackend())
     config = RunConfig(dataset="triviaqa", data="", systems=["main-rag"], k=4, model="scripted")
     runner = Runner(config, Settings(), tmp_path / "out", resume=False, data=data, progress=False)
     assert asyncio.run(runner.run()) == 2
@@ -174,7 +177,7 @@ def test_noise_sweep_positions_share_their_calls(tmp_path: Path, monkeypatch: py
 
     def run(at: str) -> list[dict]:
         counted[at] = backend = ScriptedBackend()
-        monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=backend))
+        monkeypatch.setattr("mainrag.bench.systems.make_backend", lambda cfg: backend)
         config = RunConfig(dataset="triviaqa", data="", systems=["rag", "main-rag", "mainrag"], k=4,
                            model="scripted", gold_at=at)
         out = tmp_path / at
@@ -216,7 +219,7 @@ def test_injection_runs_measure_what_an_attack_makes_a_filter_keep(tmp_path: Pat
     ctxs = [{"id": "p0", "text": "Paris is the capital of France."}]
     ctxs += [{"id": f"b{i}", "text": f"Berlin fact {i}."} for i in range(5)]
     data.write_text(json.dumps({"question": "Capital?", "answers": ["Paris"], "ctxs": ctxs}) + "\n")
-    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=GullibleBackend()))
+    monkeypatch.setattr("mainrag.bench.systems.make_backend", lambda cfg: GullibleBackend())
     calls = tmp_path / "calls.jsonl"
     for name, injected in (("clean", False), ("injected", True)):
         config = RunConfig(dataset="triviaqa", data="", systems=["main-rag", "llm-filter"], k=6, model="scripted",
@@ -243,17 +246,17 @@ def test_cheap_judges_answer_with_the_main_model(tmp_path: Path, monkeypatch: py
                                 "ctxs": [d.model_dump() for d in item().documents]}) + "\n")
     by_model: dict[str, ScriptedBackend] = {}
 
-    def make(settings: Settings) -> MainRAG:
-        backend = by_model.setdefault(settings.backend.model, ScriptedBackend())
-        return MainRAG(settings, backend=backend)
+    def make(cfg: BackendSettings) -> ScriptedBackend:
+        return by_model.setdefault(cfg.model, ScriptedBackend())
 
-    monkeypatch.setattr("mainrag.bench.runner.MainRAG", make)
+    monkeypatch.setattr("mainrag.bench.systems.make_backend", make)
     config = RunConfig(dataset="triviaqa", data="", systems=["mainrag", "mainrag-cheap"], k=4, model="big",
                        cheap_model="small")
     settings = Settings(backend={"model": "big"})
     asyncio.run(Runner(config, settings, tmp_path / "out", resume=False, data=data, progress=False).run())
-    assert by_model["small"].calls == Counter({"generate": 4, "judge": 4})  # predictions and judgements only
-    assert by_model["big"].calls == Counter({"generate": 4 + 1, "judge": 4})  # and the one shared answer
+    # 4 passages, 3 texts: predictions and judgements only on the small model
+    assert by_model["small"].calls == Counter({"generate": 3, "judge": 3})
+    assert by_model["big"].calls == Counter({"generate": 3 + 1, "judge": 3})  # and the one shared answer
     (row,) = read_items(tmp_path / "out")
     assert row["systems"]["mainrag-cheap"]["kept"] == row["systems"]["mainrag"]["kept"]
     with pytest.raises(InputError, match="--cheap-model"):
@@ -286,7 +289,7 @@ def test_concurrency_keeps_that_many_items_in_flight(tmp_path: Path, monkeypatch
             for i in range(3)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     backend = InFlight()
-    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=backend))
+    monkeypatch.setattr("mainrag.bench.systems.make_backend", lambda cfg: backend)
     config = RunConfig(dataset="triviaqa", data="", systems=["rag"], k=1, model="scripted")
     runner = Runner(config, Settings(), tmp_path / "out", resume=False, data=data, progress=False,
                     concurrency=concurrency)
@@ -310,7 +313,7 @@ def test_report_lists_where_main_rag_and_rag_disagree(tmp_path: Path, monkeypatc
     rows = [{"question": "Capital of France?", "answers": ["Paris"], "ctxs": ctxs},
             {"question": "Capital of Italy?", "answers": ["Rome"], "ctxs": ctxs}]  # both systems wrong: not listed
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=MisjudgingBackend()))
+    monkeypatch.setattr("mainrag.bench.systems.make_backend", lambda cfg: MisjudgingBackend())
     config = RunConfig(dataset="triviaqa", data="", systems=["rag", "main-rag"], k=4, model="scripted")
     assert asyncio.run(Runner(config, Settings(), tmp_path / "out", resume=False, data=data, progress=False).run()) == 2
     write_report(tmp_path / "out")
@@ -324,7 +327,7 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path: Path, monkeyp
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"question": "Capital?", "answers": ["Paris"],
                                 "ctxs": [d.model_dump() for d in item().documents]}) + "\n")
-    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=ScriptedBackend()))
+    monkeypatch.setattr("mainrag.bench.systems.make_backend", lambda cfg: ScriptedBackend())
     config = RunConfig(dataset="triviaqa", data="", systems=["rag"], k=4, model="scripted")
     out = tmp_path / "out"
     out.mkdir()
@@ -358,7 +361,7 @@ def test_candidates_from_a_chroma_collection(tmp_path: Path, monkeypatch: pytest
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"question": "What is the capital of France?", "answers": ["Paris"]}) + "\n")
     monkeypatch.setenv("MAINRAG_CHROMA_PATH", str(tmp_path / "chroma"))
-    monkeypatch.setattr("mainrag.bench.runner.MainRAG", lambda settings: MainRAG(settings, backend=ScriptedBackend()))
+    monkeypatch.setattr("mainrag.bench.systems.make_backend", lambda cfg: ScriptedBackend())
     config = RunConfig(dataset="triviaqa", data="", systems=["rag", "main-rag"], k=2, model="scripted",
                        retriever="chroma:wiki")
     runner = Runner(config, Settings(), tmp_path / "out", resume=False, data=data, progress=False)
@@ -441,15 +444,18 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
         proc = subprocess.Popen(bench_cmd(out), stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 1500
 
-    def unfinished_calls() -> list[str]:
-        """Cached calls of items not yet in items.jsonl: the run is mid-way through one."""
-        done = {r["key"] for r in _lines(out / "items.jsonl")}
-        return [c["key"] for c in _lines(out / "calls.jsonl") if c["key"].split("|", 1)[0] not in done]
+    def lines(name: str) -> int:
+        return len(_lines(out / name))
 
     try:  # kill once the first item is written and the next one has calls cached
-        while len(_lines(out / "items.jsonl")) < 1 or not unfinished_calls():
+        while lines("items.jsonl") < 1:
             assert proc.poll() is None, f"the run ended before it could be killed mid-way: {log.read_text()}"
             assert time.monotonic() < deadline, "no item finished in time"
+            time.sleep(0.2)
+        first = lines("calls.jsonl")  # the calls up to the first item, give or take the next one's first
+        while lines("calls.jsonl") <= first + 1:
+            assert proc.poll() is None, f"the run ended before it could be killed mid-way: {log.read_text()}"
+            assert time.monotonic() < deadline, "no call of the next item was cached in time"
             time.sleep(0.2)
         # The kill must land while the run works: a kill after it finished would test nothing.
         assert proc.poll() is None, "the run finished before the kill"
@@ -458,7 +464,7 @@ def test_sigkill_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     before = _lines(out / "items.jsonl")
-    cached = unfinished_calls()
+    cached = lines("calls.jsonl") > first
     assert 1 <= len(before) < 3 and cached  # items left to do, one of them part-done
     resumed = subprocess.run(bench_cmd(out, "--resume"), check=False, capture_output=True, text=True, timeout=1500)
     assert resumed.returncode == 0, resumed.stderr

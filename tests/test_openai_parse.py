@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from mainrag.backends.openai_parse import LabelScore, label_score, reply_text, token_counts
@@ -53,6 +53,8 @@ def test_any_reply_parses_or_is_a_bad_reply(data: Any) -> None:
     st.integers(0, 12),
     st.integers(1, 3),
 )
+# Top 8 of 9 hold all but 3e-7 of the mass: the leftover is mostly rounding (a CI failure).
+@example([0.0, -7.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 8.0], 8, 1)
 def test_a_censored_score_is_a_true_bound(logits: list[float], k: int, n_positions: int) -> None:
     """From a full next-token distribution, return its top k: the score must hold for the truth."""
     tokens = ["Yes", "No", *(f"t{i}" for i in range(len(logits) - 2))]

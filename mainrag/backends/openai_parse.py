@@ -164,11 +164,15 @@ def _score(position: _Position, index: int) -> LabelScore:
     return LabelScore(lp_yes, lp_no, log_odds, bool(missing), tuple(missing), position.token, index)
 
 
+_SUM_ROUNDING = 1e-12  # well above float64 rounding of a sum of a few probabilities
+
+
 def _missing_bound(logprobs: list[float]) -> float:
     """An upper bound on the log-probability of any token not returned."""
     lowest = min(logprobs)
-    mass = logsumexp(logprobs)
-    if mass >= 0.0:  # the returned tokens hold (up to rounding) all the mass
+    # 1 - exp(mass), widened by the rounding of the sum: when the returned tokens
+    # hold nearly all the mass, the difference is mostly rounding error.
+    leftover = -math.expm1(logsumexp(logprobs)) + _SUM_ROUNDING
+    if leftover <= 0.0:  # the returned tokens hold (up to rounding) all the mass
         return lowest
-    leftover = math.log(-math.expm1(mass))  # log(1 - exp(mass)), stable near 0
-    return min(lowest, leftover)
+    return min(lowest, math.log(leftover))

@@ -72,10 +72,13 @@ class JsonlFile:
 class CallRecord(BaseModel):
     """One finished LLM call: its output and its cost."""
 
-    key: str  # "<item key>|<call name>"
+    key: str  # "<model context>|<kind>|<prompt hash>" (see bench.recording)
     seconds: float
     text: str | None = None  # generations
-    score: float | None = None  # judgements: log P(Yes) - log P(No)
+    score: float | None = None  # judgements: log P(Yes) - log P(No); None with `censored`: both labels missing
+    logprob_yes: float | None = None
+    logprob_no: float | None = None
+    censored: bool | None = None  # judgements only
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None

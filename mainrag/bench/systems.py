@@ -1,12 +1,14 @@
-"""The compared systems, built on shared per-item work.
+"""The compared systems: each one the library itself, or a baseline, on shared work.
 
-Every LLM call of an item goes through :class:`Workbench`, which memoises it
-under a stable key (in memory and in the run's call cache on disk). So the
-Predictor's answers and the paper judge's scores are computed once and reused
-by main-rag at n = 0, 0.5, 1 and by consensus; a final answer from the same
-documents in the same order is generated once; and a resumed run repeats no
-finished call. Each system's cost is the sum of the calls it needs, as if it
-ran alone.
+Every filtering system is a :class:`MainRAG` built from the run's settings (the
+paper's variants override what the paper fixes: its bar, one judge, no retriever
+voice, no fallback), and every LLM call goes through one recorder per model
+(:mod:`mainrag.bench.recording`), which memoises it under the prompt's hash in
+the run's call cache. So the Predictor's answers and the paper judge's scores
+are computed once and reused by main-rag at n = 0, 0.5, 1 and by consensus; a
+final answer from the same documents in the same order is generated once; and a
+resumed run repeats no finished call. Each system's cost is the sum of the calls
+it needs, as if it ran alone.
 """
 
 from __future__ import annotations
@@ -15,29 +17,32 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from functools import cached_property
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from mainrag.agents import FinalPredictor, Judge, Predictor
-from mainrag.backends.base import Generation, Judgement
+from mainrag.agents import FinalPredictor, Predictor
+from mainrag.backends import Backend, make_backend
+from mainrag.backends.base import Generation
 from mainrag.bench.cache import CallCache, CallRecord
 from mainrag.bench.datasets import BenchItem
+from mainrag.bench.recording import ledger, recording
+from mainrag.config import BackendSettings, JudgeSettings, Settings
 from mainrag.documents import Document
 from mainrag.engine import MainRAG
 from mainrag.errors import InputError, MainRAGError
 from mainrag.prompts import PromptTemplate, load_template
-from mainrag.threshold import FinalOrder, decide, final_order
+from mainrag.results import AnswerResult
+from mainrag.threshold import Fallback, FinalOrder
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 
 MAIN_RAG_N: dict[str, float] = {"main-rag": 0.0, "main-rag-n0.5": 0.5, "main-rag-n1": 1.0}
 # The paper's bar over another layout's judge, whatever the settings' layout.
-MAIN_RAG_LAYOUTS = {"main-rag-prefix": "judge-prefix", "main-rag-conversation": "judge-conversation"}
+MAIN_RAG_LAYOUTS = {"main-rag-prefix": "prefix", "main-rag-conversation": "conversation"}
 # mainrag as configured (the settings' retriever voice, fallback and final order: by default the
 # library's defaults), and the same filter with the kept passages read in another order.
 MAINRAG_ORDERS: dict[str, FinalOrder | None] = {
@@ -48,15 +53,13 @@ SYSTEMS: tuple[str, ...] = (
     "consensus", *MAINRAG_ORDERS, "mainrag-cheap",
 )
 DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "mainrag-cheap")  # that one needs --cheap-model
-# Judges by name: the paper's (with the Predictor's answer), the prefix layout
-# (same question, document last) for consensus, and judge-only (no answer).
-JUDGE_PROMPTS = {
-    "judge": "judge", "judge-prefix": "judge_prefix", "judge-conversation": "judge_conversation",
-    "judge-only": "judge_only",
-}  # fmt: skip
-# The judge main-rag uses, by the settings' layout.
+# The paper's judges, named by layout; their scores are the items' recorded signals.
 LAYOUT_JUDGES = {"paper": "judge", "prefix": "judge-prefix", "conversation": "judge-conversation"}
-CONSENSUS_JUDGES = ("judge", "judge-prefix")
+# What the paper fixes, whatever the settings say: its bar, no retriever voice, no fallback.
+PAPER: dict[str, Any] = {
+    "retriever_weight": 0.0, "fallback": Fallback(enabled=False), "final_order": "best_first",
+    "consensus": "mean", "quorum": None, "min_keep": 1, "max_keep": None, "judge_only": False,
+}  # fmt: skip
 
 # The backend settings that change what a call sends or how it decodes; the rest is transport.
 CALL_BACKEND_FIELDS = {"kind", "model", "n_ctx", "judge_max_tokens", "extra_body", "yes_no_token_ids",
@@ -87,6 +90,8 @@ class SystemOutcome(BaseModel):
     calls: list[CallRecord] = Field(default_factory=list)  # every call it needs, shared ones included
     extra_seconds: float = 0.0  # non-LLM work (embeddings)
     fallback: str | None = None  # why the judges were overruled (do no harm)
+    # Per signal (a judge's name, "predict", "llm-filter"), one value per candidate.
+    signals: dict[str, list[float | str | None]] = Field(default_factory=dict)
 
 
 def validate_systems(names: Sequence[str]) -> list[str]:
@@ -96,37 +101,90 @@ def validate_systems(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-class Agents:
-    """The agents every system uses: one model, one set of prompts."""
+def system_settings(base: Settings, system: str, cheap_model: str | None = None) -> Settings:
+    """The engine settings a filtering system runs with."""
+    def paper(layout: str, **more: Any) -> Settings:
+        judge = JudgeSettings(name=LAYOUT_JUDGES[layout], layout=layout)  # type: ignore[arg-type]
+        return base.model_copy(update={**PAPER, "judges": [judge], **more})
 
-    def __init__(self, rag: MainRAG, *, embedder: Embedder | None = None, embedding_threshold: float = 0.5,
-                 cheap: Agents | None = None):
-        s = rag.settings
-        self.rag = rag
-        self.cheap = cheap  # mainrag-cheap: the Predictor and Judge on a smaller model
-        self.predictor: Predictor = rag.predictor
-        self.final: FinalPredictor = rag.final_predictor
-        self.closed_book = FinalPredictor(
-            rag.backend, load_template(PROMPTS / "closed_book.toml"),
-            max_tokens=s.final_max_tokens, max_doc_chars=s.max_doc_chars,
-        )
-        self.llm_filter = Predictor(
-            rag.backend, load_template(PROMPTS / "llm_filter.toml"), max_tokens=4, max_doc_chars=s.max_doc_chars,
-        )
-        self.judges = {
-            name: Judge(name, rag.backend, load_template(prompt), max_doc_chars=s.max_doc_chars,
-                        predictor=self.predictor.template)
-            for name, prompt in JUDGE_PROMPTS.items()
+    if system in MAIN_RAG_N:
+        return paper(base.layout, n=MAIN_RAG_N[system])
+    if system in MAIN_RAG_LAYOUTS:
+        return paper(MAIN_RAG_LAYOUTS[system], n=0.0)
+    if system == "judge-only":
+        return paper("paper", n=0.0, judge_only=True, judges=[JudgeSettings(name="judge-only")])
+    if system == "consensus":
+        return paper("paper", n=0.0, judges=[JudgeSettings(name=LAYOUT_JUDGES[lay], layout=lay)
+                                             for lay in ("paper", "prefix")])  # type: ignore[arg-type]
+    if system in MAINRAG_ORDERS:
+        order = MAINRAG_ORDERS[system]
+        return base if order is None else base.model_copy(update={"final_order": order})
+    if system == "mainrag-cheap":  # the Predictor and Judge on a small model, the answer on ours
+        if not cheap_model:
+            raise InputError("mainrag-cheap needs the judges' model: pass --cheap-model (e.g. qwen2.5-0.5b)")
+        small = base.backend.model_copy(update={"model": cheap_model})
+        return base.model_copy(update={"backend": small, "final_backend": base.final_backend or base.backend})
+    raise InputError(f"{system} is not a filtering system")
+
+
+def call_context(cfg: BackendSettings) -> str:
+    """What a call depends on besides its prompt: the model and its decoding settings."""
+    blob = json.dumps(cfg.model_dump(mode="json", include=CALL_BACKEND_FIELDS), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class Models:
+    """The run's backends, one per distinct settings block, each behind the call cache:
+    the ``backend_factory`` of every system's engine."""
+
+    def __init__(self, cache: CallCache, make: Callable[[BackendSettings], Backend] | None = None):
+        self.cache = cache
+        self._make = make or make_backend
+        self._inner: dict[str, Backend] = {}
+        self._recorders: dict[str, Backend] = {}
+
+    def __call__(self, cfg: BackendSettings) -> Backend:
+        key = cfg.model_dump_json()
+        if key not in self._recorders:
+            self._inner[key] = self._make(cfg)
+            self._recorders[key] = recording(self._inner[key], self.cache, call_context(cfg))
+        return self._recorders[key]
+
+    async def aclose(self) -> None:
+        for backend in self._inner.values():
+            await backend.aclose()
+
+
+class Agents:
+    """Every system's engine, and the baselines' agents, over one set of models."""
+
+    def __init__(self, settings: Settings, models: Models, systems: Sequence[str], *,
+                 embedder: Embedder | None = None, embedding_threshold: float = 0.5, cheap_model: str | None = None):
+        s = self.settings = settings
+        self.models = models
+        self.engines = {
+            name: MainRAG(system_settings(s, name, cheap_model), backend_factory=models)
+            for name in systems if name not in BASELINES
         }
-        self.main_judge = LAYOUT_JUDGES[s.layout]
+        plain = MainRAG(system_settings(s, "main-rag"), backend_factory=models)  # the baselines' reader
+        self.predictor: Predictor = plain.predictor
+        self.final: FinalPredictor = plain.final_predictor
+        backend = models(s.backend)
+        self.closed_book = FinalPredictor(backend, load_template(PROMPTS / "closed_book.toml"),
+                                          max_tokens=s.final_max_tokens, max_doc_chars=s.max_doc_chars)
+        self.llm_filter = Predictor(backend, load_template(PROMPTS / "llm_filter.toml"), max_tokens=4,
+                                    max_doc_chars=s.max_doc_chars)
         self.embedder = embedder
         self.embedding_threshold = embedding_threshold
 
     def templates(self) -> list[PromptTemplate]:
-        return [
-            self.predictor.template, self.final.template, self.closed_book.template, self.llm_filter.template,
-            *(j.template for j in self.judges.values()),
-        ]
+        """The baselines', the paper's judges', and any other an engine uses, each once
+        (in a fixed order: the hash of a run with the default prompts does not change)."""
+        known = [self.predictor, self.final, self.closed_book, self.llm_filter]
+        used = [a for e in self.engines.values() for a in (e.predictor, e.final_predictor, *e.judges)]
+        templates = [*(a.template for a in known), *(load_template(t) for t in REFERENCE_JUDGES),
+                     *(a.template for a in used)]
+        return list({(t.system, t.user): t for t in templates}.values())
 
     def prompts_hash(self) -> str:
         """sha256 over every template's system and user text."""
@@ -135,16 +193,9 @@ class Agents:
             h.update(t.system.encode() + b"\0" + t.user.encode() + b"\0")
         return h.hexdigest()
 
-    @cached_property  # read by every cache key: hash the templates once
-    def context(self) -> str:
-        """What every call depends on but its item and name: prompts, model, decoding settings."""
-        s = self.rag.settings
-        shaping = {"backend": s.backend.model_dump(mode="json", include=CALL_BACKEND_FIELDS),
-                   "tokens": [s.answer_max_tokens, s.final_max_tokens, s.max_doc_chars, s.final_max_chars]}
-        blob = self.prompts_hash() + json.dumps(shaping, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
-
+BASELINES = ("closed-book", "rag", "llm-filter", "embedding-filter")
+REFERENCE_JUDGES = ("judge", "judge_prefix", "judge_conversation", "judge_only")
 _YES_NO = re.compile(r"\b(YES|NO)\b", re.IGNORECASE)
 
 
@@ -181,117 +232,101 @@ def parse_yes_no(text: str) -> bool:
 
 
 class Workbench:
-    """One item's shared, memoised work."""
+    """One item's systems."""
 
-    def __init__(self, item: BenchItem, agents: Agents, cache: CallCache):
-        self.item, self.agents, self.cache = item, agents, cache
+    def __init__(self, item: BenchItem, agents: Agents):
+        self.item, self.agents = item, agents
         self.docs = item.documents
 
-    def key(self, name: str) -> str:
-        """A call's cache key: what made it (prompts, model, call settings), the item, the call;
-        per-document calls name the document's id, so runs over one record's passages in
-        another order (``--gold-at``) share them through one ``--calls`` file."""
-        return f"{self.agents.context}|{self.item.key}|{name}"
+    async def run(self, system: str) -> SystemOutcome:
+        """The system's outcome, with every call it made (cached ones included)."""
+        with ledger() as calls:
+            out = await self._run(system)
+        out.calls = [*calls, *out.calls]
+        return out
 
-    async def _call(self, name: str, run: Callable[[], Awaitable[Generation | Judgement]]) -> CallRecord:
-        key = self.key(name)
-        hit = self.cache.get(key)
-        if hit is not None:
-            return hit
-        start = time.perf_counter()
+    async def _run(self, system: str) -> SystemOutcome:
+        if system == "closed-book" or not self.docs:
+            return await self._answer([], None)
+        if system == "rag":
+            n = len(self.docs)
+            return await self._answer(list(range(n)), [float(-r) for r in range(n)])
+        if system == "llm-filter":
+            votes = await self.filter_votes()
+            yes = [parse_yes_no(v.text or "") for v in votes]
+            out = await self._answer([i for i, y in enumerate(yes) if y], [float(y) for y in yes])
+            out.calls, out.signals = votes, {"llm-filter": [v.text for v in votes]}
+            return out
+        if system == "embedding-filter":
+            sims, seconds = self.cosine()
+            # EmbeddingsFilter: similarity above the threshold, most similar first.
+            kept = sorted((i for i, s in enumerate(sims) if s > self.agents.embedding_threshold), key=lambda i: -sims[i])
+            out = await self._answer(kept, list(sims))
+            out.extra_seconds = seconds
+            return out
+        return await self._engine(system)
+
+    async def _engine(self, system: str) -> SystemOutcome:
+        """The library's own answer: filter, bar, order, Final-Predictor."""
         try:
-            out: Generation | Judgement | BaseException = await run()
-        except MainRAGError as exc:
-            out = exc
-        return self._record(key, out, time.perf_counter() - start)
+            result = await self.agents.engines[system].answer(self.item.question, self.docs)
+        except MainRAGError:  # no judgement at all (recorded in the calls): answered closed-book
+            return await self._answer([], [None] * len(self.docs))
+        return self._outcome(result)
 
-    async def _calls(
-        self, names: list[str], run_many: Callable[[list[int]], Awaitable[Sequence[Generation | Judgement | BaseException]]]
-    ) -> list[CallRecord]:
-        """Several calls at once (the backend batches them); each is cached
-        under its own key, with the batch's wall time shared evenly."""
-        keys = [self.key(n) for n in names]
-        records: dict[int, CallRecord] = {i: r for i, k in enumerate(keys) if (r := self.cache.get(k)) is not None}
-        missing = [i for i in range(len(keys)) if i not in records]
-        if missing:
-            start = time.perf_counter()
-            outs = await run_many(missing)
-            seconds = (time.perf_counter() - start) / len(missing)
-            records |= {i: self._record(keys[i], out, seconds) for i, out in zip(missing, outs, strict=True)}
-        return [records[i] for i in range(len(keys))]
-
-    def _record(self, key: str, out: Generation | Judgement | BaseException, seconds: float) -> CallRecord:
-        if isinstance(out, BaseException):
-            # Recorded for the report, but not cached: a fault may be transient
-            # (a server restarting), and --resume must try the call again.
-            return CallRecord(key=key, seconds=seconds, error=f"{type(out).__name__}: {out}")
-        if isinstance(out, Judgement):
-            record = CallRecord(key=key, seconds=seconds, score=out.log_odds, prompt_tokens=out.prompt_tokens,
-                                completion_tokens=1)  # fmt: skip
-        else:
-            record = CallRecord(key=key, seconds=seconds, text=out.text, prompt_tokens=out.prompt_tokens,
-                                completion_tokens=out.completion_tokens)  # fmt: skip
-        self.cache.put(record)
-        return record
-
-    async def predictions(self) -> list[CallRecord]:
-        predictor, question = self.agents.predictor, self.item.question
-        return await self._calls(
-            [f"predict|{d.id}" for d in self.docs],
-            lambda todo: predictor.predict_many(question, [self.docs[i] for i in todo]),
-        )
-
-    async def judgements(self, judge: str) -> list[CallRecord]:
-        j = self.agents.judges[judge]
-        answers: list[str | BaseException | None] = (
-            [None] * len(self.docs) if judge == "judge-only"
-            else [MainRAGError(p.error) if p.error else (p.text or "") for p in await self.predictions()]
-        )  # fmt: skip
-        return await self._calls(
-            [f"{judge}|{d.id}" for d in self.docs],
-            lambda todo: j.score_many(self.item.question, [self.docs[i] for i in todo], [answers[i] for i in todo]),
+    def _outcome(self, result: AnswerResult) -> SystemOutcome:
+        index = {d.id: i for i, d in enumerate(self.docs)}
+        scored = {d.id: d for d in (*result.filter.kept, *result.filter.dropped)}
+        rows = [scored[d.id] for d in self.docs]
+        signals: dict[str, list[float | str | None]] = {
+            name: [r.judges[name].score for r in rows] for name in result.filter.judges
+        }
+        if any(r.answer is not None for r in rows):
+            signals["predict"] = [r.answer for r in rows]
+        return SystemOutcome(
+            kept=[index[i] for i in result.citations], scores=[r.score for r in rows], answer=result.answer,
+            fallback=result.filter.fallback, signals=signals,
         )
 
     async def filter_votes(self) -> list[CallRecord]:
         """LLMChainFilter's YES/NO per document: LangChain's own class on a server; on the
         embedded backend (no LangChain chat model for it) its prompt and parser, re-implemented."""
-        if self.agents.rag.settings.backend.kind == "openai":
+        if self.agents.settings.backend.kind == "openai":
             return await self._langchain_votes()
-        return [await self._call(f"llm-filter|{d.id}", lambda d=d: self._ask_filter(d)) for d in self.docs]
+        with ledger() as calls:
+            for d in self.docs:
+                await self._ask_filter(d)
+        return calls
 
     async def _langchain_votes(self) -> list[CallRecord]:
         """One cached call: the ids ``LLMChainFilter.acompress_documents`` kept, with its token usage."""
-        key = self.key("llm-filter-langchain")
-        record = self.cache.get(key)
+        cache = self.agents.models.cache
+        key = f"{call_context(self.agents.settings.backend)}|{self.item.key}|llm-filter-langchain"
+        record = cache.get(key)
         if record is None:
             start = time.perf_counter()
             try:
-                kept, usage = await langchain_filter(self.agents.rag.settings, self.item.question, self.docs)
+                kept, usage = await langchain_filter(self.agents.settings, self.item.question, self.docs)
             except MainRAGError as exc:
                 return [CallRecord(key=key, seconds=time.perf_counter() - start, error=str(exc))] * len(self.docs)
             record = CallRecord(key=key, seconds=time.perf_counter() - start, text=json.dumps(kept),
                                 prompt_tokens=usage[0], completion_tokens=usage[1])
-            self.cache.put(record)
+            cache.put(record)
         kept_ids, n = set(json.loads(record.text or "[]")), len(self.docs)
         return [CallRecord(key=f"{key}|{d.id}", seconds=record.seconds / n, text="YES" if d.id in kept_ids else "NO",
                            prompt_tokens=record.prompt_tokens // n, completion_tokens=record.completion_tokens // n)
                 for d in self.docs]  # fmt: skip
 
-    async def _ask_filter(self, doc: Document) -> Generation:
+    async def _ask_filter(self, doc: Document) -> Generation | None:
         """LLMChainFilter's call: its prompt as the only (user) message, the document as LangChain
         sends it (not neutralised: the baseline of the injection measurement; the backend still
-        never tokenizes its text as special tokens)."""
+        never tokenizes its text as special tokens). A failure is in the ledger."""
         f = self.agents.llm_filter
         prompt = f.template.render(question=self.item.question, document=doc.content[: f.max_doc_chars])
-        return await f.backend.generate(tuple(m for m in prompt if m.content), max_tokens=f.max_tokens)
-
-    async def final(self, kept: Sequence[int]) -> CallRecord:
-        """The answer from these candidates in this order; none: closed-book."""
-        if not kept:
-            return await self._call("closed-book", lambda: self.agents.closed_book.answer(self.item.question, []))
-        docs = [self.docs[i] for i in kept]
-        return await self._call(f"final|{json.dumps([d.id for d in docs])}",
-                                lambda: self.agents.final.answer(self.item.question, docs))
+        try:
+            return await f.backend.generate(tuple(m for m in prompt if m.content), max_tokens=f.max_tokens)
+        except MainRAGError:
+            return None
 
     def cosine(self) -> tuple[list[float], float]:
         """Cosine of the question to each candidate, and the seconds it took."""
@@ -302,79 +337,14 @@ class Workbench:
         sims = vectors[1:] @ vectors[0]
         return [float(s) for s in sims], time.perf_counter() - start
 
-    # -- the systems --------------------------------------------------------
-
-    async def run(self, system: str) -> SystemOutcome:
-        if system == "closed-book":
-            return await self._answer([], None, [])
-        if system == "rag":
-            n = len(self.docs)
-            return await self._answer(list(range(n)), [float(-r) for r in range(n)], [])
-        if system == "llm-filter":
-            votes = await self.filter_votes()
-            yes = [parse_yes_no(v.text or "") for v in votes]
-            return await self._answer([i for i, y in enumerate(yes) if y], [float(y) for y in yes], votes)
-        if system == "embedding-filter":
-            sims, seconds = self.cosine()
-            # EmbeddingsFilter: similarity above the threshold, most similar first.
-            kept = sorted((i for i, s in enumerate(sims) if s > self.agents.embedding_threshold), key=lambda i: -sims[i])
-            out = await self._answer(kept, list(sims), [])
-            out.extra_seconds = seconds
-            return out
-        if system in MAIN_RAG_N:
-            return await self._judged([self.agents.main_judge], n=MAIN_RAG_N[system], shared=await self.predictions())
-        if system in MAIN_RAG_LAYOUTS:
-            return await self._judged([MAIN_RAG_LAYOUTS[system]], n=0.0, shared=await self.predictions())
-        if system == "judge-only":
-            return await self._judged(["judge-only"], n=0.0, shared=[])
-        if system == "consensus":
-            return await self._judged(list(CONSENSUS_JUDGES), n=0.0, shared=await self.predictions())
-        if system in MAINRAG_ORDERS:
-            return await self._configured(MAINRAG_ORDERS[system])
-        if system == "mainrag-cheap":
-            return await self._cheap()
-        raise InputError(f"unknown system {system!r}")
-
-    async def _judged(self, judges: list[str], *, n: float, shared: list[CallRecord]) -> SystemOutcome:
-        if not self.docs:
-            return await self._answer([], None, shared)
-        columns = [await self.judgements(j) for j in judges]
-        matrix = np.array([[np.nan if c.score is None else c.score for c in col] for col in columns]).T
-        if np.isnan(matrix).all():
-            return await self._answer([], [None] * len(self.docs), shared + [c for col in columns for c in col])
-        decision = decide(matrix, n=n, mode="mean", min_keep=1)
-        calls = shared + [c for col in columns for c in col]
-        return await self._answer(decision.kept, decision.final, calls)
-
-    async def _configured(self, order: FinalOrder | None, *, judged_by: Workbench | None = None) -> SystemOutcome:
-        """The library's own decision (``MainRAG.decide``) over the settings' judge, made by
-        ``judged_by``'s agents (mainrag-cheap: the small model's) and answered by ours."""
-        judged_by = judged_by or self
-        rag = judged_by.agents.rag
-        shared = [] if rag.settings.judge_only else await judged_by.predictions()
-        if not self.docs:
-            return await self._answer([], None, shared)
-        column = await judged_by.judgements("judge-only" if rag.settings.judge_only else judged_by.agents.main_judge)
-        matrix = np.array([[np.nan if c.score is None else c.score] for c in column])
-        if np.isnan(matrix).all():
-            return await self._answer([], [None] * len(self.docs), shared + column)
-        decision = rag.decide(matrix)
-        kept = final_order(decision.kept, order or rag.settings.final_order)
-        out = await self._answer(kept, decision.final, shared + column)
-        out.fallback = decision.fallback
-        return out
-
-    async def _cheap(self) -> SystemOutcome:
-        if self.agents.cheap is None:
-            raise InputError("mainrag-cheap needs the judges' model: pass --cheap-model (e.g. qwen2.5-0.5b)")
-        return await self._configured(None, judged_by=Workbench(self.item, self.agents.cheap, self.cache))
-
-    async def _answer(self, kept: list[int], scores: Sequence[float | None] | None, calls: list[CallRecord]) -> SystemOutcome:
-        final = await self.final(kept)
-        return SystemOutcome(
-            kept=kept, scores=None if scores is None else list(scores), answer=final.text or "",
-            calls=[*calls, final],
-        )
+    async def _answer(self, kept: list[int], scores: Sequence[float | None] | None) -> SystemOutcome:
+        """The answer from these candidates in this order; none: closed-book."""
+        question, docs = self.item.question, [self.docs[i] for i in kept]
+        try:
+            final = await (self.agents.final.answer(question, docs) if docs else self.agents.closed_book.answer(question, []))
+        except MainRAGError:  # recorded in the ledger
+            final = Generation(text="")
+        return SystemOutcome(kept=kept, scores=None if scores is None else list(scores), answer=final.text)
 
 
 def describe(outcome: SystemOutcome) -> dict[str, Any]:

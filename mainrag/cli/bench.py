@@ -9,6 +9,8 @@ import typer
 
 from mainrag.bench.variants import GoldAt
 from mainrag.cli.app import app, friendly, out, safe
+from mainrag.cli.filtering import read_judges
+from mainrag.cli.options import JudgesOpt
 from mainrag.config import Settings
 from mainrag.models import DEFAULT_MODEL
 
@@ -39,6 +41,7 @@ def bench(
     concurrency: Annotated[int, typer.Option(min=1, help="Items in flight at once (a server batches their calls; the embedded backend gains nothing).")] = 1,
     inject: Annotated[bool, typer.Option(help="Append prompt injections to passages without an answer (security measurement).")] = False,
     config: Annotated[Path | None, typer.Option(help="TOML settings (retriever_weight, fallback, final_order, layout, n...).")] = None,
+    judges: JudgesOpt = None,
     calls: Annotated[Path | None, typer.Option(help="Call cache file (default OUT/calls.jsonl); runs over the same passages share one.")] = None,
     embedding_threshold: Annotated[float, typer.Option(help="embedding-filter: keep cosine above this.")] = 0.5,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output directory (default benchmarks/DATASET_MODEL).")] = None,
@@ -57,7 +60,8 @@ def bench(
             backend_cfg["base_urls"] = base_url
         if threads:
             backend_cfg["n_threads"] = threads
-        settings = Settings.load(config, backend=backend_cfg)
+        extra = {"judges": read_judges(judges)} if judges is not None else {}
+        settings = Settings.load(config, backend=backend_cfg, **extra)
         run = RunConfig(
             dataset=dataset, data=str(data or ""), systems=_systems(systems), k=k, backend=backend, model=model,
             retriever=retriever, embedding_threshold=embedding_threshold, gold_at=gold_at, inject=inject, cheap_model=cheap_model,

@@ -45,11 +45,11 @@ def build_settings(
     if any(v is not None for v in back.values()):
         overrides["backend"] = {k: v for k, v in back.items() if v is not None}
     if judges is not None:
-        overrides["judges"] = _read_judges(judges)
+        overrides["judges"] = read_judges(judges)
     return Settings.load(config, **overrides)
 
 
-def _read_judges(path: Path) -> list[dict[str, Any]]:
+def read_judges(path: Path) -> list[dict[str, Any]]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
