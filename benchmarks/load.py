@@ -24,6 +24,7 @@ import numpy as np
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
+from served import Server  # benchmarks/, beside this script
 
 from mainrag import MainRAG
 from mainrag.bench.datasets import dataset_path, get_spec, load_items
@@ -73,15 +74,7 @@ async def drive(run_one: Any, queries: list[str], concurrency: int) -> tuple[lis
 
 def prefix_cache(base_url: str) -> tuple[float, float]:
     """vLLM's prefix-cache (hits, queries) counters, in tokens."""
-    import httpx
-
-    text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
-    found = {"hits": 0.0, "queries": 0.0}
-    for line in text.splitlines():
-        for key in found:
-            if line.startswith(f"vllm:prefix_cache_{key}_total"):
-                found[key] += float(line.rsplit(" ", 1)[1])
-    return found["hits"], found["queries"]
+    return Server(base_url).counters()
 
 
 def row(path: str, lat: list[float], errors: int, wall: float, rss: tuple[float, float]) -> str:
