@@ -56,6 +56,7 @@ class Outcome:
     scores: dict[str, float] | None = None
     prompt_tokens: int = 0
     calls: int = 0
+    judge_tokens: int = 0  # of prompt_tokens, the Judge's
 
 
 @dataclass
@@ -70,6 +71,8 @@ class Row:
     labels: list[bool] = field(default_factory=list)
     aucs: list[float] = field(default_factory=list)
     hit_rate: float | None = None
+    hits: float = 0.0  # prefix-cache hits, tokens
+    judge_tokens: int = 0
     cache_reset: bool = False
     items_per_min: float | None = None
 
@@ -79,6 +82,7 @@ class Row:
         self.latencies.append(seconds)
         self.prompt_tokens += out.prompt_tokens
         self.calls += out.calls
+        self.judge_tokens += out.judge_tokens
         self.kept += [d.id in out.kept for d in item.documents]
         self.labels += labels
         if out.scores is not None and (auc := m.per_query_auc([out.scores[d.id] for d in item.documents], labels)):
@@ -135,7 +139,7 @@ async def measure(name: str, items: Sequence[BenchItem], query: Query, server: S
         row.add(item, out, time.perf_counter() - t)
     row.wall = time.perf_counter() - start
     h1, q1 = server.counters()
-    row.hit_rate = (h1 - h0) / (q1 - q0) if q1 > q0 else None
+    row.hit_rate, row.hits = ((h1 - h0) / (q1 - q0) if q1 > q0 else None), h1 - h0
     print(f"  {name}: {row.docs} documents in {row.wall:.0f} s", flush=True)
     return row
 
@@ -160,7 +164,8 @@ def mainrag_query(settings: Settings) -> Query:
         result = await rag.filter(item.question, item.documents)
         scores = {d.id: d.score for d in (*result.kept, *result.dropped)}
         return Outcome(kept={d.id for d in result.kept}, scores=scores if None not in scores.values() else None,  # type: ignore[arg-type]
-                       prompt_tokens=result.usage.prompt_tokens, calls=result.usage.calls)
+                       prompt_tokens=result.usage.prompt_tokens, calls=result.usage.calls,
+                       judge_tokens=result.stages["judge"].prompt_tokens)
 
     return query
 
@@ -272,6 +277,12 @@ async def main() -> None:
     print("\n" + HEADER)
     for row in rows:
         print(row.line(t_read))
+    read_hits = rows[0].hit_rate if "read" in chosen else None
+    for row in rows:  # the Predictor's prompts hit as T_read's (the same prompts): the rest is the Judge's
+        if row.judge_tokens and read_hits is not None:
+            judge_hits = row.hits - read_hits * (row.prompt_tokens - row.judge_tokens)
+            print(f"{row.system}: the Judge's prompt tokens served from the prefix cache ≈ "
+                  f"{judge_hits / row.judge_tokens:.0%} (all hits less the Predictor's at T_read's rate)")
     if args.scaling:
         await scaling(pool, base, server, args.questions)
 
