@@ -13,23 +13,14 @@ dropped its clean version in the clean run. Per system and attack: successes / c
 from __future__ import annotations
 
 import argparse
-import math
 from collections import defaultdict
 from pathlib import Path
 
 from mainrag.bench.runner import read_info, read_items
 from mainrag.bench.variants import ATTACKS
+from mainrag.metrics import wilson
 
 NOT_FILTERS = {"rag", "closed-book"}  # they keep every passage (or none): nothing to fool
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def rates(clean_dir: Path, injected_dir: Path) -> dict[str, dict[str, tuple[int, int]]]:

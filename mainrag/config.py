@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from mainrag.errors import ConfigError
+from mainrag.guard import GuardMode
 from mainrag.models import DEFAULT_MODEL
 from mainrag.prompts import Layout
 from mainrag.redact import redact_url
@@ -129,6 +130,9 @@ class Settings(BaseSettings):
     # (0: the judges alone, the paper). It costs no model call.
     retriever_weight: float = Field(1.0, ge=0)
     fallback: Fallback = Field(default_factory=Fallback)  # do no harm when the judges cannot tell
+    # The injection screen (mainrag.guard) over each document and its Predictor answer: "drop" a
+    # suspect whatever its scores, only "flag" it in the result, or "off".
+    guard: GuardMode = "drop"
     final_order: FinalOrder = "best_first"  # how the Final-Predictor reads the kept documents
     # The paper's order (document, question, answer): measured on PopQA
     # (benchmarks/RESULTS.md) it ranks passages better with the default 1.5B

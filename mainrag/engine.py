@@ -19,6 +19,7 @@ from mainrag.backends.base import BatchBackend, Generation, Judgement
 from mainrag.config import BackendSettings, JudgeSettings, Settings
 from mainrag.documents import Document, as_documents
 from mainrag.errors import BackendError, ConfigError, InputError, JudgeError, MainRAGError
+from mainrag.guard import suspicions
 from mainrag.prompts import judge_template_name, load_template
 from mainrag.results import AnswerResult, FilterResult, JudgeScore, ScoredDocument, Usage
 from mainrag.retrieval import Retriever
@@ -236,8 +237,16 @@ class MainRAG:
             raise JudgeError(f"every judge failed on every document; first error: {_error(first)}")
         # Every judge mostly censored: their scores are bounds, not a ranking.
         distrust = "mostly censored scores" if warnings and len(warnings) == len(self.judges) else None
-        decision = self.decide(matrix, distrust=distrust)
+        suspects = self._screen(docs, answers)
+        blocked = [bool(s) for s in suspects] if self.settings.guard == "drop" else None
+        decision = self.decide(matrix, distrust=distrust, blocked=blocked)
         scored = [self._scored(i, d, answers[i], verdicts, decision) for i, d in enumerate(docs)]
+        for doc, found in zip(scored, suspects, strict=True):
+            doc.suspicions = found
+        if any(suspects):
+            ids = ", ".join(d.id for d in scored if d.suspicions)
+            verb = "dropped" if blocked else "flagged"
+            warnings.append(f"{verb} as suspected prompt injection (mainrag.guard): {ids}")
         kept = [scored[i] for i in decision.kept]
         for rank, doc in enumerate(kept, 1):
             doc.kept, doc.rank = True, rank
@@ -249,13 +258,25 @@ class MainRAG:
             warnings=warnings,
         )
 
-    def decide(self, matrix: np.ndarray, *, distrust: str | None = None) -> Decision:
+    def decide(self, matrix: np.ndarray, *, distrust: str | None = None, blocked: list[bool] | None = None) -> Decision:
         """The settings' bar over a (documents x judges) score matrix in retriever order."""
         s = self.settings
         return decide(
             matrix, n=s.n, mode=s.consensus, quorum=s.quorum, min_keep=s.min_keep, max_keep=s.max_keep,
-            retriever_weight=s.retriever_weight, fallback=s.fallback, distrust=distrust,
+            retriever_weight=s.retriever_weight, fallback=s.fallback, distrust=distrust, blocked=blocked,
         )
+
+    def _screen(self, docs: list[Document], answers: list[Answer]) -> list[list[str]]:
+        """Per document, the injection rules its text (as the agents read it) or its Predictor's
+        answer trips, as ``document:rule`` / ``answer:rule``."""
+        if self.settings.guard == "off":
+            return [[] for _ in docs]
+        limit = self.settings.max_doc_chars
+        return [
+            [f"document:{r}" for r in suspicions(d.content[:limit])]
+            + ([f"answer:{r}" for r in suspicions(a)] if isinstance(a, str) else [])
+            for d, a in zip(docs, answers, strict=True)
+        ]
 
     def _censored(self, verdicts: list[list[Judgement | BaseException]]) -> list[str]:
         """The mostly-censored policy of each judge's backend settings."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["roc_auc"]
+__all__ = ["roc_auc", "wilson"]
 
 
 def roc_auc(scores: Sequence[float], labels: Sequence[bool | int]) -> float:
@@ -41,3 +42,13 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     ranks = np.empty(values.size, dtype=np.float64)
     ranks[order] = mean_rank[run_id]
     return ranks
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a rate k/n (95% at z = 1.96); NaNs when n is 0."""
+    if n == 0:
+        return (math.nan, math.nan)
+    p = k / n
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

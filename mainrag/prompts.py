@@ -37,7 +37,7 @@ PROMPTS_DIR = next(
 # Tags that open or close a fence around untrusted text in the prompts.
 FENCE_NAMES = ("document", "answer")
 _TAG_REMOVED = "[tag removed]"
-# Matched on a skeleton of the text (see _skeleton): any opening or closing tag
+# Matched on a skeleton of the text (see skeleton): any opening or closing tag
 # of a fence name, spaced, with attributes or unclosed, e.g. "< /Document x>".
 # No word boundary after the name: "<document\u200bs>" reads as a tag too, and
 # cutting a rare "<documents>" costs nothing.
@@ -49,8 +49,9 @@ _FOLD = str.maketrans(
     dict.fromkeys("\u2039\u3008\u27e8\u276e\u276c\u02c2\u1438\u29fc\u300a\u00ab", "<")
     | dict.fromkeys("\u203a\u3009\u27e9\u276f\u276d\u02c3\u1433\u29fd\u300b\u00bb", ">")
     | dict.fromkeys("\\\u2044\u2215\u29f8\u2571\u27cb", "/")
-    | dict(zip("\u0430\u0441\u0435\u043e\u03bf\u0455\u0501\u0442\u043c\u043f\u057d\u03c5\u0433\u051d\u0461\u03b1",
-               "aceoosdtmnuurwwa", strict=True))
+    | dict(zip("\u0430\u0441\u0435\u043e\u03bf\u0455\u0501\u0442\u043c\u043f\u057d\u03c5\u0433\u051d\u0461\u03b1"
+               "\u0456\u0458\u0440\u0443\u0445\u04bb\u051b\u0261\u03b9\u03ba\u03bd\u03c1\u03c4\u04cf",
+               "aceoosdtmnuurwwa" "ijpyxhqgikvptl", strict=True))
 )
 # Chat special-token shapes, broken by a zero-width space at each match so no
 # tokenizer that parses specials in text (vLLM, llama.cpp servers) sees one:
@@ -117,7 +118,7 @@ def judge_template_name(layout: Layout, *, with_answer: bool) -> str:
     return base if layout == "paper" else f"{base}_prefix"
 
 
-def _skeleton(text: str) -> tuple[str, list[int] | None]:
+def skeleton(text: str) -> tuple[str, list[int] | None]:
     """Text as a tag reader sees it, and the source index of each character
     (None: the identity). Per character NFKC, casefold and _FOLD; format
     characters (zero-width spaces, joiners) dropped, since they hide a tag
@@ -142,10 +143,10 @@ def neutralise(text: str) -> str:
     then every chat special-token shape gets a zero-width space, so the text
     stays readable but cannot end a fence or a chat turn.
     """
-    skeleton, where = _skeleton(text)
+    seen, where = skeleton(text)
     parts: list[str] = []
     last = 0
-    for m in _FENCE_TAG.finditer(skeleton):
+    for m in _FENCE_TAG.finditer(seen):
         start, end = (m.start(), m.end()) if where is None else (where[m.start()], where[m.end() - 1] + 1)
         parts += [text[last : max(start, last)], _TAG_REMOVED]
         last = max(end, last)

@@ -60,6 +60,8 @@ class ScoredDocument(BaseModel):
     kept: bool = False
     # The agents read only the first ``max_doc_chars`` characters of it (title included).
     truncated: bool = False
+    # Injection rules its text or its Predictor answer tripped ("document:verdict", ...): see mainrag.guard.
+    suspicions: list[str] = Field(default_factory=list)
 
     @property
     def censored(self) -> bool:

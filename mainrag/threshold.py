@@ -140,15 +140,22 @@ def decide(
     retriever_weight: float = 0.0,
     fallback: Fallback | None = None,
     distrust: str | None = None,
+    blocked: list[bool] | None = None,
 ) -> Decision:
     """Apply the bar to a (documents x judges) score matrix (NaN = failed), rows in
-    retriever order; ``distrust`` is the caller's reason to fall back (e.g. censoring)."""
+    retriever order; ``distrust`` is the caller's reason to fall back (e.g. censoring);
+    ``blocked`` documents (suspected injections) are never kept nor counted in the bar."""
     m = np.asarray(scores, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] == 0:
         raise ValueError("scores must be a non-empty documents x judges matrix")
-    scored = ~np.all(np.isnan(m), axis=1)
-    if not scored.any():
+    if not (~np.isnan(m)).any():
         raise ValueError("no document was scored by any judge")
+    if blocked is not None and any(blocked):
+        m = m.copy()
+        m[np.asarray(blocked, dtype=bool)] = np.nan
+        if np.isnan(m).all():  # every scored document is blocked: nothing to keep
+            return _nothing(m.shape, n, mode, quorum)
+    scored = ~np.all(np.isnan(m), axis=1)
     z = zscores(m)
     voice = retriever_voice(m.shape[0]) if retriever_weight > 0 else None
     final = m[:, 0].copy() if m.shape[1] == 1 and voice is None else _combine(z, voice, retriever_weight)
@@ -181,6 +188,13 @@ def decide(
         bar=bar,
         fallback=reason,
     )
+
+
+def _nothing(shape: tuple[int, ...], n: float, mode: ConsensusMode, quorum: int | None) -> Decision:
+    """The decision when no document may be kept."""
+    nan = float("nan")
+    return Decision(final=[None] * shape[0], z=[[None] * shape[1] for _ in range(shape[0])], votes=None, kept=[],
+                    bar=Bar(tau=nan, mean=nan, std=nan, n=n, mode=mode, quorum=quorum))
 
 
 def _vote(

@@ -89,7 +89,7 @@ class RunConfig(BaseModel):
 
 # What changes a call's prompt, its decoding or the filter's arithmetic; the rest is transport.
 _CALL_FIELDS = {"n", "min_keep", "max_keep", "consensus", "quorum", "layout", "judge_only", "predictor_prompt",
-                "retriever_weight", "fallback", "final_order",
+                "retriever_weight", "fallback", "final_order", "guard",
                 "final_prompt", "answer_max_tokens", "final_max_tokens", "max_doc_chars", "final_max_chars"}
 
 

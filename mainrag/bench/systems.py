@@ -58,7 +58,7 @@ LAYOUT_JUDGES = {"paper": "judge", "prefix": "judge-prefix", "conversation": "ju
 # What the paper fixes, whatever the settings say: its bar, no retriever voice, no fallback.
 PAPER: dict[str, Any] = {
     "retriever_weight": 0.0, "fallback": Fallback(enabled=False), "final_order": "best_first",
-    "consensus": "mean", "quorum": None, "min_keep": 1, "max_keep": None, "judge_only": False,
+    "consensus": "mean", "quorum": None, "min_keep": 1, "max_keep": None, "judge_only": False, "guard": "off",
 }  # fmt: skip
 
 # The backend settings that change what a call sends or how it decodes; the rest is transport.

@@ -91,6 +91,10 @@ def render_filter(result: FilterResult) -> None:
     out.print(table)
     if result.fallback:
         out.print(f"[yellow]judges overruled, the retriever's top kept: {safe(result.fallback)}[/]")
+    for d in result.kept + result.dropped:
+        if d.suspicions:
+            action = "kept, flagged" if d.kept else "dropped"
+            out.print(f"[yellow]{safe(d.id)}: suspected prompt injection ({action}): {safe(', '.join(d.suspicions))}[/]")
     for judge, count in result.failed_judgements.items():
         out.print(f"[yellow]judge {safe(judge)} failed on {count} document(s)[/]")
 

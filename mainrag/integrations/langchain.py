@@ -123,6 +123,7 @@ def kept_documents(result: FilterResult, originals: Sequence[LCDocument]) -> lis
             "predicted_answer": d.answer,
             "mainrag_rank": d.rank,
             "retriever_rank": d.retriever_rank,
+            **({"suspicions": d.suspicions} if d.suspicions else {}),
         }}))
     return kept
 
