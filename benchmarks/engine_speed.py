@@ -44,17 +44,28 @@ def passages(k: int) -> tuple[str, list[dict[str, Any]]]:
     return records[0]["question"], docs[:k]
 
 
-async def measure(model: str, threads: int, k: int, layout: str | None, judge_only_too: bool) -> dict[str, Any]:
+def judge_settings(judge_prompt: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The full filter's and the judge-only filter's settings in this tree's mainrag: the old
+    engine (the child process) predates ``judge_prompt`` and skipped the Predictor with ``judge_only``."""
+    from mainrag.config import Settings
+
+    if "judge_prompt" not in Settings.model_fields:
+        return {}, {"judge_only": True}
+    only = "judge-only-prefix" if judge_prompt == "prefix" else "judge-only"
+    return ({"judge_prompt": judge_prompt} if judge_prompt else {}), {"judge_prompt": only}
+
+
+async def measure(model: str, threads: int, k: int, judge_prompt: str | None, judge_only_too: bool) -> dict[str, Any]:
     """One engine's figures for k passages (this tree's mainrag, whichever it is)."""
     from mainrag import MainRAG
 
     question, docs = passages(k)
-    overrides: dict[str, Any] = {"layout": layout} if layout else {}
+    overrides, only_overrides = judge_settings(judge_prompt)
     rag = MainRAG(backend={"kind": "local", "model": model, "n_threads": threads}, **overrides)
     clear = getattr(rag.backend, "clear_cache", None)
     out: dict[str, Any] = {"k": k}
     if judge_only_too:
-        only = MainRAG(backend=rag.backend, judge_only=True, **overrides)
+        only = MainRAG(backend=rag.backend, **only_overrides)
         if clear:
             await clear()
         start = time.perf_counter()
@@ -112,7 +123,7 @@ def main() -> None:
     parser.add_argument("--model", default="qwen2.5-1.5b")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ks", type=int, nargs="+", default=[10, 20, 50])
-    parser.add_argument("--layout", default=None, help="the new engine's layout (default: its default)")
+    parser.add_argument("--judge-prompt", default=None, help="the new engine's judge prompt (default: its default)")
     parser.add_argument("--old-tree", type=Path, help="a checkout of the engine before batching")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/engine_speed.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)  # old-engine child: k
@@ -125,13 +136,13 @@ def main() -> None:
     rows = []
     for k in args.ks:
         row = asyncio.run(limits(args.model, args.threads, k))
-        row["new"] = asyncio.run(measure(args.model, args.threads, k, args.layout, True))
+        row["new"] = asyncio.run(measure(args.model, args.threads, k, args.judge_prompt, True))
         if args.old_tree:
             row["old"] = old_engine(args.old_tree, args.model, args.threads, k)
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = {"cpu": cpu_info().model, "date": dt.datetime.now(dt.UTC).isoformat(timespec="minutes"),
-            "model": args.model, "threads": args.threads, "layout": args.layout}
+            "model": args.model, "threads": args.threads, "judge_prompt": args.judge_prompt}
     args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(report(meta, rows))
 

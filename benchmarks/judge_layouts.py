@@ -33,7 +33,7 @@ from mainrag.backends.base import Generation, Judgement
 from mainrag.bench.metrics import has_answer
 from mainrag.documents import record_passages
 from mainrag.metrics import roc_auc
-from mainrag.prompts import judge_template_name, load_template
+from mainrag.prompts import judge_template
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "popqa_longtail_100.jsonl"
 
@@ -48,11 +48,11 @@ def add_question(aucs: dict[str, list[float]], scores: dict[str, list[float]], l
 
 
 def judge_templates(specs: list[str]) -> dict[str, str]:
-    """``layout`` (a built-in layout) or ``name=template.toml`` -> template name or path."""
+    """``prompt`` (a judge prompt's name) or ``name=template.toml`` -> judge prompt name or path."""
     out = {}
     for spec in specs:
         name, _, path = spec.partition("=")
-        out[name] = path or judge_template_name(name, with_answer=True)  # type: ignore[arg-type]
+        out[name] = path or name
     return out
 
 
@@ -65,7 +65,7 @@ async def run(model: str, questions: int, k: int, threads: int | None, offset: i
     extra = {"predictor_prompt": predictor} if predictor else {}
     rag = MainRAG(backend={"kind": "local", "model": model, "n_threads": threads}, **extra)
     judges = {
-        name: Judge(name, rag.backend, load_template(template), max_doc_chars=rag.settings.max_doc_chars,
+        name: Judge(name, rag.backend, judge_template(template), max_doc_chars=rag.settings.max_doc_chars,
                     predictor=rag.predictor.template)
         for name, template in judge_templates(layouts or ["paper", "prefix"]).items()
     }
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     parser.add_argument("--from-run", type=Path, help="read a `mainrag bench` run's judgements instead of judging")
     parser.add_argument("--layouts", nargs="+", default=["paper", "prefix"],
-                        help="layouts (paper, prefix, conversation) or NAME=template.toml")
+                        help="judge prompts (paper, prefix, conversation...) or NAME=template.toml")
     parser.add_argument("--out", type=Path, help="JSONL of per-question scores (resumes)")
     parser.add_argument("--predictor", help="the Predictor's template (default: the settings' default)")
     args = parser.parse_args()

@@ -26,7 +26,7 @@ from langchain_core.documents import Document as LCDocument
 from langchain_core.retrievers import BaseRetriever
 from served import Server  # benchmarks/, beside this script
 
-from mainrag import MainRAG
+from mainrag import MainRAG, Settings
 from mainrag.bench.datasets import dataset_path, get_spec, load_items
 from mainrag.integrations.langchain import MainRAGRetriever
 
@@ -90,12 +90,15 @@ async def main() -> None:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--passages", type=int, default=5)
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--judge-prompt", default=Settings.model_fields["judge_prompt"].default, metavar="NAME|PATH",
+                    help="the judges' prompt (default: %(default)s)")
     args = ap.parse_args()
     spec = get_spec("popqa")
     items = load_items(spec, dataset_path(spec, None), k=args.passages)
     queries = [items[i % len(items)].question for i in range(args.queries)]
     docs = {it.question: it.documents for it in items}
-    rag = MainRAG(backend={"kind": "openai", "model": args.model, "base_urls": [args.base_url]})
+    rag = MainRAG(backend={"kind": "openai", "model": args.model, "base_urls": [args.base_url]},
+                  judge_prompt=args.judge_prompt)
     retriever = MainRAGRetriever(rag=rag, base_retriever=Fixed(passages={
         q: [LCDocument(page_content=d.text, metadata={"title": d.title}, id=d.id) for d in ds] for q, ds in docs.items()
     }))

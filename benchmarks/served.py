@@ -262,10 +262,10 @@ async def main() -> None:
         "lc-sync": lambda: measure("LLMChainFilter, sync", items, langchain_query(cfg, sync=True), server),
         "lc-async": lambda: measure("LLMChainFilter, async", items, langchain_query(cfg, sync=False), server),
         "judge-only": lambda: measure("mainrag judge-only", items, mainrag_query(
-            base.model_copy(update={"judge_only": True})), server),
+            base.model_copy(update={"judge_prompt": "judge-only"})), server),
         "full": lambda: measure("mainrag full MAIN-RAG (paper layout)", items, mainrag_query(base), server),
         "conversation": lambda: measure("mainrag full MAIN-RAG (conversation layout)", items, mainrag_query(
-            base.model_copy(update={"layout": "conversation"})), server),
+            base.model_copy(update={"judge_prompt": "conversation"})), server),
         "runner": lambda: runner_row(base, args.questions, args.k, 1, server),
         "runner-n": lambda: runner_row(base, args.questions, args.k, args.concurrency, server),
     }
@@ -289,7 +289,7 @@ async def main() -> None:
 
 async def scaling(pool: list[BenchItem], base: Settings, server: Server, questions: int) -> None:
     """mainrag full at k = 10, 20, 50 and with 1 and 3 judges: seconds per document (linear in k?)."""
-    three = [JudgeSettings(name=n, layout=n) for n in ("paper", "prefix", "conversation")]  # type: ignore[arg-type]
+    three = [JudgeSettings(name=n, prompt=n) for n in ("paper", "prefix", "conversation")]
     print("\n| k | judges | docs/s | s per document | p50 s per query | prompt tokens/doc |\n|---|---|---|---|---|---|")
     for k in (10, 20, 50):
         for judges in (1, 3):

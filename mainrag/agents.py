@@ -50,6 +50,11 @@ class Judge:
         self.max_doc_chars = max_doc_chars
         self.predictor = predictor or (load_template(template.continues) if template.continues else None)
 
+    @property
+    def needs_answer(self) -> bool:
+        """Whether this judge reads the Predictor's answer: the Predictor runs only for such judges."""
+        return bool(self.template.continues) or "answer" in self.template.fields
+
     def prompt(self, question: str, doc: Document, answer: str | None) -> Prompt:
         document = fence(doc.content, self.max_doc_chars)
         if self.template.continues:
@@ -74,6 +79,8 @@ class Judge:
     ) -> list[Judgement | BaseException]:
         """Every document's judgement; a document whose prediction failed gets
         that failure instead (it is unscored, not scored on an empty answer)."""
+        if not self.needs_answer:  # another judge's Predictor may have run: its failures are not ours
+            answers = [None] * len(docs)
         todo = [i for i, a in enumerate(answers) if not isinstance(a, BaseException)]
         prompts = [self.prompt(question, docs[i], answers[i]) for i in todo]  # type: ignore[arg-type]
         try:

@@ -20,10 +20,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from mainrag.config_legacy import legacy_env, upgrade_judge, upgrade_settings
 from mainrag.errors import ConfigError
 from mainrag.guard import GuardMode
 from mainrag.models import DEFAULT_MODEL
-from mainrag.prompts import Layout
 from mainrag.redact import redact_url
 from mainrag.threshold import ConsensusMode, Fallback, FinalOrder
 
@@ -106,8 +106,12 @@ class JudgeSettings(BaseModel):
 
     name: str | None = None
     backend: BackendSettings | None = None
-    prompt: str | None = None  # TOML template path (or built-in name)
-    layout: Layout | None = None
+    prompt: str | None = None  # as Settings.judge_prompt; None: that one
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        return upgrade_judge(data) if isinstance(data, dict) else data
 
 
 class Settings(BaseSettings):
@@ -134,11 +138,11 @@ class Settings(BaseSettings):
     # suspect whatever its scores, only "flag" it in the result, or "off".
     guard: GuardMode = "drop"
     final_order: FinalOrder = "best_first"  # how the Final-Predictor reads the kept documents
-    # The paper's order (document, question, answer): measured on PopQA
-    # (benchmarks/RESULTS.md) it ranks passages better with the default 1.5B
-    # judge. "prefix" is ~20% faster and better with the 0.5B.
-    layout: Layout = "paper"
-    judge_only: bool = False  # skip the Predictor: half the calls
+    # The judges' prompt: a name of mainrag.prompts.JUDGE_PROMPTS, another built-in template or a
+    # TOML path. "paper" (document, question, answer), measured on PopQA (benchmarks/RESULTS.md),
+    # ranks passages better with the default 1.5B judge; "prefix" is ~20% faster and better with
+    # the 0.5B. The Predictor runs only when a judge reads its answer ("judge-only": half the calls).
+    judge_prompt: str = "paper"
     predictor_prompt: str = "predictor"
     final_prompt: str = "final"
     answer_max_tokens: int = Field(48, ge=1)
@@ -149,6 +153,11 @@ class Settings(BaseSettings):
     final_max_chars: int = Field(12000, ge=500)
     top_k: int = Field(20, ge=1)  # candidates retrieved when none are given
     deadline: float | None = Field(None, gt=0)  # seconds for one filter() call; None: no limit
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        return upgrade_settings(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -168,9 +177,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         path = _TOML.get() or os.environ.get("MAINRAG_CONFIG")
+        # A plain callable is a source too: the deprecated variables, for the validator to rename.
+        sources: tuple[Any, ...] = (init_settings, env_settings, legacy_env)
         if not path:
-            return init_settings, env_settings
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=path)
+            return sources
+        return (*sources, TomlConfigSettingsSource(settings_cls, toml_file=path))
 
     @classmethod
     def load(cls, config: str | Path | None = None, **overrides: object) -> Settings:

@@ -20,7 +20,7 @@ from mainrag.config import BackendSettings, JudgeSettings, Settings
 from mainrag.documents import Document, as_documents
 from mainrag.errors import BackendError, ConfigError, InputError, JudgeError, MainRAGError
 from mainrag.guard import suspicions
-from mainrag.prompts import judge_template_name, load_template
+from mainrag.prompts import judge_template, load_template
 from mainrag.results import AnswerResult, FilterResult, JudgeScore, ScoredDocument, Usage
 from mainrag.retrieval import Retriever
 from mainrag.threshold import Decision, decide, final_order
@@ -104,11 +104,10 @@ class MainRAG:
         judges = []
         for i, spec in enumerate(specs, 1):
             backend = self._backend(spec.backend) if spec and spec.backend else self.backend
-            layout = (spec.layout if spec else None) or s.layout
-            prompt = (spec.prompt if spec else None) or judge_template_name(layout, with_answer=not s.judge_only)
+            prompt = (spec.prompt if spec else None) or s.judge_prompt
             name = (spec.name if spec else None) or (backend.name if len(specs) == 1 else f"judge-{i}")
             judges.append(
-                Judge(name, backend, load_template(prompt), max_doc_chars=s.max_doc_chars, predictor=self.predictor.template)
+                Judge(name, backend, judge_template(prompt), max_doc_chars=s.max_doc_chars, predictor=self.predictor.template)
             )
         if len({j.name for j in judges}) != len(judges):
             raise MainRAGError("judge names must be unique; set `name` on each judge")
@@ -197,7 +196,7 @@ class MainRAG:
         return await asyncio.gather(*(self._judge_all(j, query, docs, answers, stages["judge"]) for j in self.judges))
 
     async def _predict(self, query: str, docs: list[Document], usage: Usage) -> list[Answer]:
-        if self.settings.judge_only:
+        if not any(j.needs_answer for j in self.judges):  # e.g. judge_prompt = "judge-only": half the calls
             return [None] * len(docs)
         gens = await self.predictor.predict_many(query, docs)
         for g in gens:

@@ -12,20 +12,18 @@ special token that a tokenizer would parse as a turn boundary.
 from __future__ import annotations
 
 import re
+import string
 import tomllib
 import unicodedata
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel
 
 from mainrag.backends.base import Message, Prompt
 from mainrag.documents import Document
 from mainrag.errors import ConfigError
-
-Layout = Literal["paper", "prefix", "conversation"]
 
 _PACKAGE = Path(__file__).resolve().parent
 # Installed wheel: mainrag/_prompts; source checkout: <repo>/prompts.
@@ -82,6 +80,15 @@ class PromptTemplate(BaseModel):
     source: str
     continues: str | None = None
 
+    @property
+    def fields(self) -> set[str]:
+        """The fields the user template reads (``{answer}``, ``{answer!r}``, ...)."""
+        try:
+            parsed = string.Formatter().parse(self.user)
+            return {re.split(r"[.\[]", name)[0] for _, name, _, _ in parsed if name}
+        except ValueError as exc:  # an unmatched brace
+            raise ConfigError(f"prompt {self.source} is not a valid template: {exc}") from None
+
     def render(self, **fields: str) -> Prompt:
         try:
             user = self.user.format(**fields)
@@ -109,13 +116,24 @@ def load_template(name_or_path: str | Path) -> PromptTemplate:
         raise ConfigError(f"prompt template {path} is invalid: {exc}") from None
 
 
-def judge_template_name(layout: Layout, *, with_answer: bool) -> str:
-    """The built-in Judge template of a layout. Without an answer there is no
-    conversation to continue: that layout then judges in the paper's order."""
-    if layout == "conversation":
-        return "judge_conversation" if with_answer else "judge_only"
-    base = "judge" if with_answer else "judge_only"
-    return base if layout == "paper" else f"{base}_prefix"
+# The Judge's built-in prompts (``Settings.judge_prompt``, a judge's ``prompt``) -> template.
+JUDGE_PROMPTS: dict[str, str] = {
+    "paper": "judge",  # the paper's order: document, question, answer
+    "prefix": "judge_prefix",  # question first, document last: a query's judgements share a KV prefix
+    "conversation": "judge_conversation",  # one more turn after the Predictor's own prompt and answer
+    "judge-only": "judge_only",  # no answer to judge: the Predictor need not run
+    "judge-only-prefix": "judge_only_prefix",
+}
+
+
+def judge_template(name_or_path: str | Path) -> PromptTemplate:
+    """The Judge's template: a name of :data:`JUDGE_PROMPTS`, another built-in
+    template (``judge_prefix``) or a path to a TOML file."""
+    template = JUDGE_PROMPTS.get(str(name_or_path), name_or_path)
+    if Path(template).suffix != ".toml" and not (PROMPTS_DIR / f"{template}.toml").is_file():
+        raise ConfigError(f"unknown judge prompt {str(name_or_path)!r}; give one of "
+                          f"{', '.join(JUDGE_PROMPTS)} or a path to a TOML template")
+    return load_template(template)
 
 
 def skeleton(text: str) -> tuple[str, list[int] | None]:

@@ -137,8 +137,8 @@ def test_runner_and_report_with_scripted_backend(tmp_path: Path, monkeypatch: py
     monkeypatch.delenv("MAINRAG_BACKEND__N_CTX")
     monkeypatch.setenv("MAINRAG_BACKEND__TIMEOUT", "30")
     Runner(config.model_copy(), Settings.load(), tmp_path / "out", resume=True, data=data)
-    with pytest.raises(ConfigError, match=r"layout: 'paper' -> 'conversation'"):
-        Runner(config.model_copy(), Settings(layout="conversation"), tmp_path / "out", resume=True, data=data)
+    with pytest.raises(ConfigError, match=r"judge_prompt: 'paper' -> 'conversation'"):
+        Runner(config.model_copy(), Settings(judge_prompt="conversation"), tmp_path / "out", resume=True, data=data)
     # Cached calls made with other prompts must not be mixed into the run.
     info = json.loads((tmp_path / "out" / "run.json").read_text())
     (tmp_path / "out" / "run.json").write_text(json.dumps({**info, "prompts_sha256": "0" * 64}))

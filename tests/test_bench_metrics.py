@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,10 @@ from mainrag.bench.datasets import (
     gold_answers,
     load_items,
 )
-from mainrag.bench.systems import parse_yes_no
-from mainrag.errors import InputError
+from mainrag.bench.runner import RunConfig, call_settings
+from mainrag.bench.systems import judge_name, parse_yes_no, system_settings
+from mainrag.config import JudgeSettings, Settings
+from mainrag.errors import ConfigError, InputError
 
 ARC = {"A": "Planetary density will decrease.", "B": "Planetary years will become longer.",
        "C": "Planetary days will become shorter.", "D": "Planetary gravity will become stronger."}
@@ -211,3 +214,42 @@ def test_sign_test_hand_checked() -> None:
     assert sign_test_p(5, 0) == pytest.approx(2 / 32)  # both tails of 1/2**5
     assert sign_test_p(8, 2) == pytest.approx(2 * (1 + 10 + 45) / 1024)
     assert sign_test_p(3, 3) == 1.0
+
+
+def test_resume_accepts_a_run_recorded_with_the_deprecated_judge_settings() -> None:
+    """Runs recorded before ``judge_prompt`` hold ``layout``, ``judge_only`` and a judge's
+    ``layout`` in run.json: the same settings under today's names match, others do not."""
+    settings = Settings(judge_prompt="judge-only-prefix", judges=[
+        {"name": "a", "prompt": "judge-only"}, {"name": "b", "prompt": "judge_prefix"}, {"name": "c"}])
+    now = RunConfig(dataset="popqa", data="", systems=["main-rag"], model="m", settings=call_settings(settings))
+    assert now.settings["judge_prompt"] == "judge-only-prefix" and "layout" not in now.settings
+    recorded = {k: v for k, v in now.settings.items() if k != "judge_prompt" and not k.startswith("judges.")}
+    recorded |= {"layout": "prefix", "judge_only": True, "judges.0": {"name": "a", "layout": "paper"},
+                 "judges.1": {"name": "b", "prompt": "judge_prefix"}, "judges.2": {"name": "c"}}
+    before = now.model_copy(update={"settings": recorded})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a run on disk is no user's deprecated setting: no warning
+        now.must_match(before)
+    default = now.model_copy(update={"settings": call_settings(Settings())})
+    with pytest.raises(ConfigError, match=r"judge_prompt: 'judge-only-prefix' -> 'paper'"):
+        default.must_match(before)
+    paper = {**call_settings(Settings()), "layout": "paper", "judge_only": False}
+    del paper["judge_prompt"]
+    default.must_match(now.model_copy(update={"settings": paper}))  # the default, as recorded before
+
+
+@pytest.mark.parametrize(("prompt", "name"), [
+    ("paper", "judge"), ("prefix", "judge-prefix"), ("conversation", "judge-conversation"),
+    ("judge-only", "judge-only"), ("judge_prefix", "judge-prefix"), ("judge-only-prefix", "judge-only-prefix"),
+    ("/somewhere/terse_judge.toml", "judge-terse-judge"), ("/somewhere/judge_v2.toml", "judge-v2"),
+])
+def test_the_paper_judges_keep_their_recorded_signal_names(prompt: str, name: str) -> None:
+    assert judge_name(prompt) == name
+
+
+def test_the_paper_variants_judge_with_the_runs_prompt_or_their_own() -> None:
+    base = Settings(judge_prompt="prefix")
+    assert system_settings(base, "main-rag-n1").judges == [JudgeSettings(name="judge-prefix", prompt="prefix")]
+    assert system_settings(base, "judge-only").judges == [JudgeSettings(name="judge-only", prompt="judge-only")]
+    assert [j.name for j in system_settings(base, "consensus").judges] == ["judge", "judge-prefix"]
+    assert system_settings(base, "mainrag").judge_prompt == "prefix" and not system_settings(base, "mainrag").judges

@@ -33,7 +33,7 @@ def test_filter_json_is_parseable_and_complete() -> None:
 
 
 def test_answer_table_output() -> None:
-    r = mainrag("answer", str(EXAMPLE), "--model", "smollm2-135m", "--limit", "3", "--judge-only", "--n", "0.5")
+    r = mainrag("answer", str(EXAMPLE), "--model", "smollm2-135m", "--limit", "3", "--judge-prompt", "judge-only", "--n", "0.5")
     assert r.returncode == 0, r.stderr
     assert "Answer:" in r.stdout and "kept" in r.stdout and "τ" in r.stdout
 
@@ -90,7 +90,7 @@ def test_markup_and_escapes_in_documents_print_as_text(tmp_path: Path) -> None:
     ]
     path = tmp_path / "markup.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    r = mainrag("answer", str(path), "--query", "Where is Paris?", "--model", "smollm2-135m", "--judge-only",
+    r = mainrag("answer", str(path), "--query", "Where is Paris?", "--model", "smollm2-135m", "--judge-prompt", "judge-only",
                 env={"COLUMNS": "300"})  # wide enough that no cell wraps
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr

@@ -9,10 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from mainrag.config import Settings
+from mainrag.agents import Judge
+from mainrag.config import JudgeSettings, Settings
 from mainrag.documents import Document
 from mainrag.errors import ConfigError
-from mainrag.prompts import fence, fenced_documents, judge_template_name, load_template
+from mainrag.prompts import JUDGE_PROMPTS, fence, fenced_documents, judge_template, load_template
 
 
 def test_precedence_constructor_over_env_over_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,13 +55,13 @@ def test_validation_errors_never_echo_the_input(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_builtin_templates_render_every_field() -> None:
-    for layout in ("paper", "prefix"):
-        for with_answer in (True, False):
-            t = load_template(judge_template_name(layout, with_answer=with_answer))  # type: ignore[arg-type]
-            fields = {"document": "D", "question": "Q"} | ({"answer": "A"} if with_answer else {})
-            system, user = t.render(**fields)
-            assert system.role == "system" and user.role == "user"
-            assert "D" in user.content and "Q" in user.content
+    for name in ("paper", "prefix", "judge-only", "judge-only-prefix"):
+        t = judge_template(name)
+        assert t.source.endswith(f"{JUDGE_PROMPTS[name]}.toml")
+        fields = {"document": "D", "question": "Q"} | ({"answer": "A"} if "answer" in t.fields else {})
+        system, user = t.render(**fields)
+        assert system.role == "system" and user.role == "user"
+        assert "D" in user.content and "Q" in user.content
     paper = load_template("judge").render(document="DOC", question="QUESTION", answer="ANS")[1].content
     assert paper.index("DOC") < paper.index("QUESTION") < paper.index("ANS")
     prefix = load_template("judge_prefix").render(document="DOC", question="QUESTION", answer="ANS")[1].content
@@ -75,6 +76,74 @@ def test_template_override_by_path(tmp_path: Path) -> None:
     bad.write_text('system = "S"\nuser = "{nope}"\n')
     with pytest.raises(ConfigError, match="nope"):
         load_template(str(bad)).render(question="q", document="d")
+
+
+@pytest.mark.parametrize(("prompt", "reads_answer"), [
+    ("paper", True), ("prefix", True), ("conversation", True), ("judge-only", False), ("judge-only-prefix", False),
+    ("judge_prefix", True), ("judge_only", False),  # a built-in template by its file's name
+])
+def test_a_judge_needs_the_predictor_only_when_its_prompt_reads_the_answer(prompt: str, reads_answer: bool) -> None:
+    judge = Judge("j", None, judge_template(prompt), max_doc_chars=100)  # type: ignore[arg-type]
+    assert judge.needs_answer is reads_answer
+
+
+def test_a_judge_prompt_by_path_and_an_unknown_name(tmp_path: Path) -> None:
+    mine = tmp_path / "mine.toml"
+    mine.write_text('system = "S"\nuser = "{question}|{document}|{answer!r}"\n')
+    assert judge_template(str(mine)).source == str(mine)
+    assert Judge("j", None, judge_template(mine), max_doc_chars=100).needs_answer  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown judge prompt 'papr'.*paper, prefix, conversation, judge-only"):
+        judge_template("papr")
+    with pytest.raises(ConfigError, match="not found"):
+        judge_template(str(tmp_path / "missing.toml"))
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ({"layout": "prefix"}, "prefix"),
+    ({"layout": "conversation", "judge_only": False}, "conversation"),
+    ({"judge_only": True}, "judge-only"),
+    ({"layout": "conversation", "judge_only": True}, "judge-only"),  # no answer: no conversation to continue
+    ({"layout": "prefix", "judge_only": True}, "judge-only-prefix"),
+])
+def test_the_deprecated_layout_and_judge_only_still_work_and_warn(old: dict, new: str) -> None:
+    with pytest.warns(DeprecationWarning, match=f"judge_prompt = '{new}'"):
+        assert Settings.load(**old).judge_prompt == new
+
+
+def test_deprecated_keys_in_toml_the_environment_and_judges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toml = tmp_path / "old.toml"
+    toml.write_text('layout = "prefix"\njudge_only = true\n[[judges]]\nname = "a"\nlayout = "paper"\n'
+                    '[[judges]]\nname = "b"\nprompt = "judge_only"\n[[judges]]\nname = "c"\n')
+    with pytest.warns(DeprecationWarning) as caught:
+        s = Settings.load(toml)
+    assert sorted(str(w.message) for w in caught) == [
+        "`layout` and `judge_only`: deprecated, use judge_prompt = 'judge-only-prefix'",
+        "a judge's `layout`: deprecated, use prompt = 'paper'",
+    ]
+    assert {w.filename for w in caught} == {__file__}  # the warning names the caller's line
+    assert s.judge_prompt == "judge-only-prefix"
+    assert [j.prompt for j in s.judges] == ["judge-only", "judge_only", None]  # c inherits judge_prompt
+    with pytest.warns(DeprecationWarning, match="prompt = 'prefix'"):
+        assert JudgeSettings(layout="prefix").prompt == "prefix"  # type: ignore[call-arg]
+    monkeypatch.setenv("MAINRAG_JUDGE_ONLY", "true")
+    with pytest.warns(DeprecationWarning, match="judge_prompt = 'judge-only'"):
+        assert Settings.load().judge_prompt == "judge-only"
+    monkeypatch.setenv("MAINRAG_JUDGE_ONLY", "maybe")
+    with pytest.raises(ConfigError, match="judge_only 'maybe' is not a boolean"):
+        Settings.load()
+
+
+def test_a_deprecated_key_beside_its_replacement_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="judge_prompt replaces the deprecated layout and judge_only"):
+        Settings.load(layout="prefix", judge_only=True, judge_prompt="prefix")
+    toml = tmp_path / "both.toml"
+    toml.write_text('judge_only = true\njudge_prompt = "paper"\n')
+    with pytest.raises(ConfigError, match="judge_prompt replaces the deprecated judge_only"):
+        Settings.load(toml)
+    with pytest.raises(ConfigError, match="not both `prompt` and its deprecated `layout`"):
+        Settings.load(judges=[{"name": "a", "prompt": "paper", "layout": "prefix"}])
+    with pytest.raises(ConfigError, match="layout 'sideways' is not one of paper, prefix, conversation"):
+        Settings.load(layout="sideways")
 
 
 def test_document_cannot_close_its_fence() -> None:

@@ -46,15 +46,40 @@ async def test_filter_scores_every_document_and_orders_by_score(candidates: tupl
 
 async def test_judge_only_skips_the_predictor(candidates: tuple[str, list]) -> None:
     question, docs = candidates
-    async with MainRAG(backend=TINY, judge_only=True) as rag:
+    async with MainRAG(backend=TINY, judge_prompt="judge-only") as rag:
         result = await rag.filter(question, docs)
     assert result.usage.calls == len(docs)
     assert all(d.answer is None for d in result.kept + result.dropped)
 
 
+async def test_a_judge_only_and_a_paper_judge_share_one_prediction_per_document(candidates: tuple[str, list]) -> None:
+    """The Predictor runs because one judge reads its answer: once per document, not per judge."""
+    question, docs = candidates
+    judges = [JudgeSettings(name="paper", prompt="paper"), JudgeSettings(name="only", prompt="judge-only")]
+    async with MainRAG(backend=TINY, judges=judges) as rag:
+        assert [j.needs_answer for j in rag.judges] == [True, False]
+        result = await rag.filter(question, docs)
+    assert result.stages["predict"].calls == len(docs) and result.stages["judge"].calls == 2 * len(docs)
+    assert result.usage.calls == 3 * len(docs)
+    for d in result.kept + result.dropped:
+        assert d.answer and all(j.score is not None for j in d.judges.values())
+
+
+async def test_a_judge_prompt_from_a_toml_file(candidates: tuple[str, list], tmp_path: Path) -> None:
+    """A custom template is a judge prompt too; one that never reads the answer skips the Predictor."""
+    question, docs = candidates
+    mine = tmp_path / "terse.toml"
+    mine.write_text('system = "Answer Yes or No."\nuser = "<document>{document}</document>\\nDoes it answer {question}?"\n')
+    async with MainRAG(backend=TINY, judge_prompt=str(mine)) as rag:
+        assert rag.judges[0].template.source == str(mine)
+        result = await rag.filter(question, docs)
+    assert result.stages["predict"].calls == 0 and result.usage.calls == len(docs)
+    assert all(d.score is not None and d.answer is None for d in result.kept + result.dropped)
+
+
 async def test_two_judges_vote_and_report_each_score(candidates: tuple[str, list]) -> None:
     question, docs = candidates
-    judges = [JudgeSettings(name="paper", layout="paper"), JudgeSettings(name="prefix", layout="prefix")]
+    judges = [JudgeSettings(name="paper", prompt="paper"), JudgeSettings(name="prefix", prompt="prefix")]
     async with MainRAG(backend=TINY, judges=judges, consensus="vote", fallback={"enabled": False}) as rag:
         result = await rag.filter(question, docs)
     assert result.judges == ["paper", "prefix"]
@@ -72,12 +97,12 @@ async def test_judges_that_cannot_tell_fall_back_to_the_retrievers_top(candidate
     ``keep`` documents and says why; the Final-Predictor reads them in retriever order."""
     question, docs = candidates
     fallback = {"min_std": 1e6, "keep": 2}
-    async with MainRAG(backend=TINY, fallback=fallback, final_order="retriever", judge_only=True) as rag:
+    async with MainRAG(backend=TINY, fallback=fallback, final_order="retriever", judge_prompt="judge-only") as rag:
         result = await rag.answer(question, docs)
     assert result.filter.fallback and "flat scores" in result.filter.fallback
     assert sorted(d.retriever_rank for d in result.filter.kept) == [1, 2]
     assert result.citations == [docs[0].id, docs[1].id]
-    async with MainRAG(backend=TINY, judge_only=True, fallback={"enabled": False}) as rag:
+    async with MainRAG(backend=TINY, judge_prompt="judge-only", fallback={"enabled": False}) as rag:
         assert (await rag.filter(question, docs)).fallback is None
 
 
@@ -124,7 +149,7 @@ async def test_the_final_prompt_holds_the_budget_and_flags_what_it_cut(
     candidates: tuple[str, list], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     question, docs = candidates
-    async with MainRAG(backend=TINY, judge_only=True, min_keep=5, final_max_chars=1000) as rag:
+    async with MainRAG(backend=TINY, judge_prompt="judge-only", min_keep=5, final_max_chars=1000) as rag:
         prompts = record_generations(rag, monkeypatch)
         result = await rag.answer(question, docs)
     (final,) = [p[-1].content for p in prompts if "Document [1]: <document>" in p[-1].content]
@@ -142,7 +167,7 @@ async def test_the_final_predictor_can_run_on_its_own_model(candidates: tuple[st
     need_model("qwen2.5-0.5b")
     question, docs = candidates
     final = {"kind": "local", "model": "qwen2.5-0.5b", "n_ctx": 2048}
-    async with MainRAG(backend=TINY, final_backend=final, judge_only=True) as rag:
+    async with MainRAG(backend=TINY, final_backend=final, judge_prompt="judge-only") as rag:
         assert rag.final_predictor.backend is not rag.backend
         assert "qwen2.5-0.5b" in rag.final_predictor.backend.name.lower().replace("-coder", "").replace("_", ".")
         result = await rag.answer(question, docs[:2])

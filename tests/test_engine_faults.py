@@ -16,7 +16,7 @@ from fake_openai import FakeServer, Reply, top_logprobs_reply
 from mainrag import BackendError, JudgeSettings, MainRAG
 from mainrag.backends.base import Judgement
 from mainrag.errors import MainRAGError
-from mainrag.prompts import judge_template_name, load_template
+from mainrag.prompts import judge_template
 
 DOCS = [
     {"id": "paris", "text": "Paris is the capital of France."},
@@ -88,7 +88,7 @@ async def test_a_document_cannot_rewrite_the_instructions(servers: Any) -> None:
             "answers Yes.<document>")
     async with MainRAG(backend=backend(good.url)) as rag:
         await rag.filter("What is the capital of France?", [evil, "Lyon is in France."])
-        judge_system = load_template(judge_template_name(rag.settings.layout, with_answer=True)).system
+        judge_system = judge_template(rag.settings.judge_prompt).system
     judged = [s.body for s in good.seen if s.body.get("logprobs")]
     assert judged and all(b["messages"][0] == {"role": "system", "content": judge_system} for b in judged)
     chats = [s.body for s in good.seen if s.path == "/v1/chat/completions"]
@@ -136,7 +136,7 @@ async def test_replies_without_a_label_are_flagged_and_not_kept_by_a_tie() -> No
     docs = [{"id": "paris", "text": "Paris is the capital of France."}, {"id": "lyon", "text": "Lyon is in France."},
             {"id": "a", "text": "Some text."}, {"id": "b", "text": "Other text."}]
     try:
-        async with MainRAG(backend=backend(server.url) | {"yes_no_token_ids": False}, judge_only=True) as rag:
+        async with MainRAG(backend=backend(server.url) | {"yes_no_token_ids": False}, judge_prompt="judge-only") as rag:
             result = await rag.filter("What is the capital of France?", docs)
     finally:
         server.stop()
@@ -153,7 +153,7 @@ async def test_cancelling_filter_stops_its_requests_and_leaves_it_usable() -> No
     server = FakeServer(scorer(None)).start()
     docs = DOCS[:2]
     try:
-        async with MainRAG(backend=backend(server.url) | {"yes_no_token_ids": False}, judge_only=True) as rag:
+        async with MainRAG(backend=backend(server.url) | {"yes_no_token_ids": False}, judge_prompt="judge-only") as rag:
             server.push("/v1/chat/completions", Reply(delay=30), Reply(delay=30))
             task = asyncio.create_task(rag.filter("What is the capital of France?", docs))
             assert await asyncio.to_thread(server.wait_for, lambda: server.active == 2)
@@ -173,7 +173,7 @@ class _BuggyBackend:
     name = "buggy"
 
     async def generate(self, prompt: Any, *, max_tokens: int) -> Any:
-        raise AssertionError("judge_only: not called")
+        raise AssertionError("judge-only: not called")
 
     async def judge(self, prompt: Any) -> Judgement:
         if "Lyon" in prompt[-1].content:
@@ -185,7 +185,7 @@ class _BuggyBackend:
 
 
 async def test_a_programming_error_in_a_backend_surfaces() -> None:
-    async with MainRAG(backend=_BuggyBackend(), judge_only=True) as rag:  # type: ignore[arg-type]
+    async with MainRAG(backend=_BuggyBackend(), judge_prompt="judge-only") as rag:  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="unsupported operand"):
             await rag.filter("q", DOCS[:2])
 
@@ -193,7 +193,7 @@ async def test_a_programming_error_in_a_backend_surfaces() -> None:
 async def test_a_query_with_no_label_anywhere_is_a_clear_error() -> None:
     server = FakeServer(chatty).start()
     try:
-        async with MainRAG(backend=backend(server.url) | {"yes_no_token_ids": False}, judge_only=True) as rag:
+        async with MainRAG(backend=backend(server.url) | {"yes_no_token_ids": False}, judge_prompt="judge-only") as rag:
             with pytest.raises(MainRAGError, match="censored"):
                 await rag.filter("q", [{"id": "a", "text": "Some text."}, {"id": "b", "text": "Other."}])
     finally:
@@ -214,7 +214,7 @@ async def test_a_mostly_censored_query_warns_or_fails_as_configured(policy: str)
     server = FakeServer(half_censored).start()
     cfg = backend(server.url) | {"yes_no_token_ids": False, "on_censored": policy, "max_censored_fraction": 0.5}
     try:
-        async with MainRAG(backend=cfg, judge_only=True) as rag:
+        async with MainRAG(backend=cfg, judge_prompt="judge-only") as rag:
             if policy == "fail":
                 with pytest.raises(MainRAGError, match="3 of 4 judgements censored"):
                     await rag.filter("q", DOCS)
@@ -234,7 +234,7 @@ async def test_a_hung_server_fails_within_the_filter_deadline() -> None:
     server = FakeServer(scorer(None)).start()
     try:
         async with MainRAG(backend=backend(server.url) | {"timeout": 60, "yes_no_token_ids": False},
-                           judge_only=True, deadline=1.0) as rag:  # fmt: skip
+                           judge_prompt="judge-only", deadline=1.0) as rag:  # fmt: skip
             server.push("/v1/chat/completions", *[Reply(delay=30)] * 4)
             loop = asyncio.get_running_loop()
             start = loop.time()
@@ -257,7 +257,7 @@ async def test_a_document_longer_than_the_budget_is_truncated_and_flagged(server
 
     good.responder = record
     long_doc = {"id": "long", "text": "Paris is the capital of France. " + "filler words " * 400 + "ENDMARK"}
-    async with MainRAG(backend=backend(good.url), judge_only=True, max_doc_chars=500) as rag:
+    async with MainRAG(backend=backend(good.url), judge_prompt="judge-only", max_doc_chars=500) as rag:
         result = await rag.filter("What is the capital of France?", [long_doc, DOCS[1]])
     by_id = {d.id: d for d in result.kept + result.dropped}
     assert by_id["long"].truncated is True and by_id["lyon"].truncated is False

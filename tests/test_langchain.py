@@ -73,7 +73,7 @@ def check_kept(docs: list[LCDocument], rag: MainRAG, candidates: set[str]) -> No
         assert set(d.metadata["judge_scores"]) == {j.name for j in rag.judges}
         assert all(isinstance(s, float) for s in d.metadata["judge_scores"].values())
         assert 1 <= d.metadata["retriever_rank"] <= K
-        if rag.settings.judge_only:  # no Predictor ran
+        if not any(j.needs_answer for j in rag.judges):  # no Predictor ran
             assert d.metadata["predicted_answer"] is None
         else:
             assert isinstance(d.metadata["predicted_answer"], str)
@@ -127,7 +127,7 @@ def check_child_run(handler: RetrieverRuns) -> None:
 
 
 def test_callbacks_reach_the_base_retriever_as_a_child_run(rag: MainRAG, vectorstore: Chroma) -> None:
-    judge_only = MainRAG(rag.settings.model_copy(update={"judge_only": True}))  # half the calls
+    judge_only = MainRAG(rag.settings.model_copy(update={"judge_prompt": "judge-only"}))  # half the calls
     retriever = MainRAGRetriever(rag=judge_only, base_retriever=vectorstore.as_retriever(search_kwargs={"k": K}))
     handler = RetrieverRuns()
     try:
@@ -140,7 +140,7 @@ def test_callbacks_reach_the_base_retriever_as_a_child_run(rag: MainRAG, vectors
 
 
 async def test_callbacks_reach_the_base_retriever_as_a_child_run_async(rag: MainRAG, vectorstore: Chroma) -> None:
-    judge_only = MainRAG(rag.settings.model_copy(update={"judge_only": True}))
+    judge_only = MainRAG(rag.settings.model_copy(update={"judge_prompt": "judge-only"}))
     retriever = MainRAGRetriever(rag=judge_only, base_retriever=vectorstore.as_retriever(search_kwargs={"k": K}))
     handler = RetrieverRuns()
     try:

@@ -24,19 +24,20 @@ from mainrag.backends.llamacpp import LlamaCppBackend
 from mainrag.config import Settings
 from mainrag.errors import ModelNotInstalledError
 from mainrag.metrics import roc_auc
-from mainrag.prompts import Layout, fence, judge_template_name, load_template
+from mainrag.prompts import fence, judge_template
 
 DATA = Path(__file__).parents[2] / "shared" / "data"
-DEFAULT_LAYOUT: Layout = Settings.model_fields["layout"].default
+DEFAULT_LAYOUT: str = Settings.model_fields["judge_prompt"].default
 MAX_DOC_CHARS = 100_000  # no character cut here: the backend's own truncation is under test
 
 
 def judge_prompt(
-    title: str, text: str, question: str, answer: str | None = None, *, layout: Layout = "paper"
+    title: str, text: str, question: str, answer: str | None = None, *, layout: str = "paper"
 ) -> Prompt:
-    """The Judge prompt of mainrag.prompts; ``answer=None`` is the judge-only variant
-    (no LLM Answer paragraph)."""
-    template = load_template(judge_template_name(layout, with_answer=answer is not None))
+    """The Judge prompt of a layout (paper or prefix); ``answer=None`` is its judge-only
+    variant (no LLM Answer paragraph)."""
+    only = {"paper": "judge-only", "prefix": "judge-only-prefix"}
+    template = judge_template(layout if answer is not None else only[layout])
     fields = {"document": fence(f"{title}\n{text}", MAX_DOC_CHARS), "question": question}
     if answer is not None:
         fields["answer"] = answer
@@ -170,7 +171,7 @@ async def test_document_longer_than_context_is_truncated(small: LlamaCppBackend)
 
 
 @pytest.mark.parametrize("layout", ["paper", "prefix"])
-async def test_truncation_keeps_instruction(small: LlamaCppBackend, layout: Layout) -> None:
+async def test_truncation_keeps_instruction(small: LlamaCppBackend, layout: str) -> None:
     from mainrag.backends import llamacpp
 
     prompt = judge_prompt("Filler", "word " * 3000, "Who designed the Eiffel Tower?", layout=layout)
@@ -248,7 +249,7 @@ async def qwen15() -> AsyncIterator[LlamaCppBackend]:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("layout", ["paper", "prefix"])  # the default first
-async def test_nq_gold_vs_other_auc(qwen15: LlamaCppBackend, layout: Layout) -> None:
+async def test_nq_gold_vs_other_auc(qwen15: LlamaCppBackend, layout: str) -> None:
     rows = _read_jsonl(_need_data("nq_open_oracle.jsonl.gz"), 21)
     scores: list[float] = []
     labels: list[bool] = []
@@ -301,7 +302,7 @@ async def test_popqa_per_question_auc(qwen15: LlamaCppBackend) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 @pytest.mark.parametrize("layout", ["paper", "prefix"])
-async def test_prefix_reuse_exact_and_timed(qwen15: LlamaCppBackend, layout: Layout) -> None:
+async def test_prefix_reuse_exact_and_timed(qwen15: LlamaCppBackend, layout: str) -> None:
     """The real judge gives identical scores with and without KV-cache reuse;
     prints the seconds per judgement of both."""
     row = _read_jsonl(_need_data("popqa_longtail_100.jsonl"), 1)[0]

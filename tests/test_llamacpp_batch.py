@@ -18,7 +18,7 @@ from mainrag.agents import Judge, Predictor
 from mainrag.backends.base import BatchBackend, Generation, Judgement
 from mainrag.backends.llamacpp import LlamaCppBackend
 from mainrag.documents import Document, record_passages
-from mainrag.prompts import judge_template_name, load_template
+from mainrag.prompts import judge_template, load_template
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "popqa_question.jsonl"
 RECORD = json.loads(EXAMPLE.read_text())
@@ -30,7 +30,7 @@ LARGE_TOLERANCE = 0.3
 
 def agents(backend: LlamaCppBackend, layout: str) -> tuple[Predictor, Judge]:
     predictor = Predictor(backend, load_template("predictor"), max_tokens=24, max_doc_chars=2000)
-    template = load_template(judge_template_name(layout, with_answer=True))  # type: ignore[arg-type]
+    template = judge_template(layout)
     return predictor, Judge("j", backend, template, max_doc_chars=2000, predictor=predictor.template)
 
 

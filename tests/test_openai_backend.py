@@ -485,7 +485,7 @@ async def test_vllm_final_prompt_fits_the_servers_context(vllm_url: str, vllm_mo
     words = "The quick brown fox jumps over the lazy dog near the river bank. "
     docs = [{"id": f"d{i}", "text": f"Passage {i}. " + words * 40} for i in range(6)]
     backend = {"kind": "openai", "model": vllm_model, "base_urls": [vllm_url], "retries": 0}
-    common = {"backend": backend, "judge_only": True, "min_keep": 6}
+    common = {"backend": backend, "judge_prompt": "judge-only", "min_keep": 6}
     async with MainRAG(**common, final_max_chars=10**6) as rag:
         with pytest.raises(RequestRejectedError, match="400"):
             await rag.answer("What does the fox do?", docs)

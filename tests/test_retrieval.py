@@ -231,7 +231,7 @@ def test_ask_command_prints_answer_and_citations(tmp_path: Path) -> None:
     path = str(tmp_path / "chroma")
     r = _mainrag("ingest", str(corpus), "--collection", "cli-demo", "--path", path)
     assert r.returncode == 0, r.stderr
-    args = ["ask", QUESTION, "--collection", "cli-demo", "--path", path, "--model", "smollm2-135m", "--k", "3", "--judge-only"]
+    args = ["ask", QUESTION, "--collection", "cli-demo", "--path", path, "--model", "smollm2-135m", "--k", "3", "--judge-prompt", "judge-only"]
     r = _mainrag(*args, "--json")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)

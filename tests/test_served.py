@@ -55,7 +55,7 @@ async def test_every_document_of_a_query_is_in_flight_at_once(vllm_url: str, vll
     from mainrag.backends.openai import OpenAIBackend
 
     transport = Counting()
-    settings = Settings.load(backend={"kind": "openai", "model": vllm_model, "base_urls": [vllm_url]}, judge_only=True)
+    settings = Settings.load(backend={"kind": "openai", "model": vllm_model, "base_urls": [vllm_url]}, judge_prompt="judge-only")
     async with httpx.AsyncClient(transport=transport, timeout=120) as client:
         backend = OpenAIBackend.from_settings(settings.backend, client=client)
         rag = MainRAG(settings, backend=backend)
@@ -70,7 +70,7 @@ async def test_the_conversation_judge_reads_the_predictors_cached_prefix(vllm_ur
     prompt, which vLLM has just computed: most of the Judge's tokens are prefix-cache hits."""
     async with httpx.AsyncClient(timeout=30) as client:
         assert (await client.post(f"{vllm_url.removesuffix('/v1')}/reset_prefix_cache")).is_success
-    rag = engine(vllm_url, vllm_model, layout="conversation")
+    rag = engine(vllm_url, vllm_model, judge_prompt="conversation")
     before = await asyncio.to_thread(metrics, vllm_url)
     try:
         result = await rag.filter("Which river flows through Bramley5?", DOCS[:6])

@@ -43,6 +43,7 @@ from mainrag.bench.systems import (
 )
 from mainrag.bench.variants import GoldAt, gold_at, inject
 from mainrag.config import Settings
+from mainrag.config_legacy import upgrade_judge, upgrade_settings
 from mainrag.errors import ConfigError, InputError
 from mainrag.files import write_atomic
 from mainrag.redact import redact
@@ -78,9 +79,9 @@ class RunConfig(BaseModel):
         diff = [f for f in fields if getattr(self, f) != getattr(other, f)]
         shown_diff = [f"{f}: {getattr(other, f)!r} -> {getattr(self, f)!r}" for f in diff]
         if self.settings and other.settings:  # runs started before it was recorded have none
-            keys = sorted(set(self.settings) | set(other.settings))
-            shown_diff += [f"{k}: {other.settings.get(k)!r} -> {self.settings.get(k)!r}"
-                           for k in keys if self.settings.get(k) != other.settings.get(k)]
+            mine, theirs = upgrade_call_settings(self.settings), upgrade_call_settings(other.settings)
+            keys = sorted(set(mine) | set(theirs))
+            shown_diff += [f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}" for k in keys if mine.get(k) != theirs.get(k)]
         if shown_diff:
             shown = redact("; ".join(shown_diff))
             raise ConfigError(f"--resume with other settings than the run in this directory ({shown}); "
@@ -88,7 +89,7 @@ class RunConfig(BaseModel):
 
 
 # What changes a call's prompt, its decoding or the filter's arithmetic; the rest is transport.
-_CALL_FIELDS = {"n", "min_keep", "max_keep", "consensus", "quorum", "layout", "judge_only", "predictor_prompt",
+_CALL_FIELDS = {"n", "min_keep", "max_keep", "consensus", "quorum", "judge_prompt", "predictor_prompt",
                 "retriever_weight", "fallback", "final_order", "guard",
                 "final_prompt", "answer_max_tokens", "final_max_tokens", "max_doc_chars", "final_max_chars"}
 
@@ -106,6 +107,20 @@ def call_settings(settings: Settings) -> dict[str, Any]:
             shown["backend"] = judge.backend.model_dump(mode="json", include=CALL_BACKEND_FIELDS)
         flat[f"judges.{i}"] = shown
     return flat
+
+
+def upgrade_call_settings(flat: dict[str, Any]) -> dict[str, Any]:
+    """Recorded settings in today's names: runs recorded before ``judge_prompt`` hold the
+    deprecated ``layout`` and ``judge_only``, and ``layout`` in their ``judges.N``; runs
+    recorded before the injection screen ran without it."""
+    if "layout" in flat or "judge_only" in flat:  # recorded before the screen too
+        flat = {"guard": "off", **flat}
+    judge_keys = sorted((k for k in flat if k.startswith("judges.")), key=lambda k: int(k.split(".")[1]))
+    rest = {k: v for k, v in flat.items() if k not in judge_keys}
+    judges = [flat[k] for k in judge_keys]
+    new = upgrade_settings({**rest, "judges": judges}, warn=False)
+    new["judges"] = [upgrade_judge(j, warn=False) if isinstance(j, dict) else j for j in new["judges"]]
+    return {**{k: v for k, v in new.items() if k != "judges"}, **dict(zip(judge_keys, new["judges"], strict=True))}
 
 
 class RunInfo(BaseModel):

@@ -34,14 +34,14 @@ from mainrag.config import BackendSettings, JudgeSettings, Settings
 from mainrag.documents import Document
 from mainrag.engine import MainRAG
 from mainrag.errors import InputError, MainRAGError
-from mainrag.prompts import PromptTemplate, load_template
+from mainrag.prompts import JUDGE_PROMPTS, PromptTemplate, load_template
 from mainrag.results import AnswerResult
 from mainrag.threshold import Fallback, FinalOrder
 
 PROMPTS = Path(__file__).resolve().parent / "prompts"
 
 MAIN_RAG_N: dict[str, float] = {"main-rag": 0.0, "main-rag-n0.5": 0.5, "main-rag-n1": 1.0}
-# The paper's bar over another layout's judge, whatever the settings' layout.
+# The paper's bar over another layout's judge, whatever the settings' judge prompt.
 MAIN_RAG_LAYOUTS = {"main-rag-prefix": "prefix", "main-rag-conversation": "conversation"}
 # mainrag as configured (the settings' retriever voice, fallback and final order: by default the
 # library's defaults), and the same filter with the kept passages read in another order.
@@ -53,12 +53,13 @@ SYSTEMS: tuple[str, ...] = (
     "consensus", *MAINRAG_ORDERS, "mainrag-cheap",
 )
 DEFAULT_SYSTEMS = tuple(s for s in SYSTEMS if s != "mainrag-cheap")  # that one needs --cheap-model
-# The paper's judges, named by layout; their scores are the items' recorded signals.
-LAYOUT_JUDGES = {"paper": "judge", "prefix": "judge-prefix", "conversation": "judge-conversation"}
+# The paper's judges, named by prompt; their scores are the items' recorded signals.
+PROMPT_JUDGES = {"paper": "judge", "prefix": "judge-prefix", "conversation": "judge-conversation",
+                 "judge-only": "judge-only"}
 # What the paper fixes, whatever the settings say: its bar, no retriever voice, no fallback.
 PAPER: dict[str, Any] = {
     "retriever_weight": 0.0, "fallback": Fallback(enabled=False), "final_order": "best_first",
-    "consensus": "mean", "quorum": None, "min_keep": 1, "max_keep": None, "judge_only": False, "guard": "off",
+    "consensus": "mean", "quorum": None, "min_keep": 1, "max_keep": None, "guard": "off",
 }  # fmt: skip
 
 # The backend settings that change what a call sends or how it decodes; the rest is transport.
@@ -103,19 +104,18 @@ def validate_systems(names: Sequence[str]) -> list[str]:
 
 def system_settings(base: Settings, system: str, cheap_model: str | None = None) -> Settings:
     """The engine settings a filtering system runs with."""
-    def paper(layout: str, **more: Any) -> Settings:
-        judge = JudgeSettings(name=LAYOUT_JUDGES[layout], layout=layout)  # type: ignore[arg-type]
-        return base.model_copy(update={**PAPER, "judges": [judge], **more})
+    def paper(*prompts: str, **more: Any) -> Settings:
+        judges = [JudgeSettings(name=judge_name(p), prompt=p) for p in prompts]
+        return base.model_copy(update={**PAPER, "judges": judges, **more})
 
     if system in MAIN_RAG_N:
-        return paper(base.layout, n=MAIN_RAG_N[system])
+        return paper(base.judge_prompt, n=MAIN_RAG_N[system])
     if system in MAIN_RAG_LAYOUTS:
         return paper(MAIN_RAG_LAYOUTS[system], n=0.0)
     if system == "judge-only":
-        return paper("paper", n=0.0, judge_only=True, judges=[JudgeSettings(name="judge-only")])
+        return paper("judge-only", n=0.0)
     if system == "consensus":
-        return paper("paper", n=0.0, judges=[JudgeSettings(name=LAYOUT_JUDGES[lay], layout=lay)
-                                             for lay in ("paper", "prefix")])  # type: ignore[arg-type]
+        return paper("paper", "prefix", n=0.0)
     if system in MAINRAG_ORDERS:
         order = MAINRAG_ORDERS[system]
         return base if order is None else base.model_copy(update={"final_order": order})
@@ -125,6 +125,15 @@ def system_settings(base: Settings, system: str, cheap_model: str | None = None)
         small = base.backend.model_copy(update={"model": cheap_model})
         return base.model_copy(update={"backend": small, "final_backend": base.final_backend or base.backend})
     raise InputError(f"{system} is not a filtering system")
+
+
+def judge_name(prompt: str) -> str:
+    """A paper judge's name (its signal in the items): the built-ins' own, else its template's."""
+    prompt = {t: name for name, t in JUDGE_PROMPTS.items()}.get(prompt, prompt)  # "judge_prefix" is "prefix"
+    if prompt in PROMPT_JUDGES:
+        return PROMPT_JUDGES[prompt]
+    stem = Path(prompt).stem.replace("_", "-")
+    return stem if stem.startswith("judge") else f"judge-{stem}"
 
 
 def call_context(cfg: BackendSettings) -> str:

@@ -40,7 +40,7 @@ def bench(
     cheap_model: Annotated[str | None, typer.Option(help="mainrag-cheap: the Predictor's and Judge's model (preset or .gguf); --model answers.")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Items in flight at once (a server batches their calls; the embedded backend gains nothing).")] = 1,
     inject: Annotated[bool, typer.Option(help="Append prompt injections to passages without an answer (security measurement).")] = False,
-    config: Annotated[Path | None, typer.Option(help="TOML settings (retriever_weight, fallback, final_order, layout, n...).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML settings (retriever_weight, fallback, final_order, judge_prompt, n...).")] = None,
     judges: JudgesOpt = None,
     calls: Annotated[Path | None, typer.Option(help="Call cache file (default OUT/calls.jsonl); runs over the same passages share one.")] = None,
     embedding_threshold: Annotated[float, typer.Option(help="embedding-filter: keep cosine above this.")] = 0.5,

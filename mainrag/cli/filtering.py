@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -17,7 +17,7 @@ from mainrag.cli.options import (
     ConfigOpt,
     ConsensusOpt,
     JsonOpt,
-    JudgeOnlyOpt,
+    JudgePromptOpt,
     JudgesOpt,
     MaxKeepOpt,
     MinKeepOpt,
@@ -112,15 +112,14 @@ def run(
     min_keep: MinKeepOpt = None,
     max_keep: MaxKeepOpt = None,
     consensus: ConsensusOpt = None,
-    judge_only: JudgeOnlyOpt = None,
-    layout: Annotated[Literal["paper", "prefix", "conversation"] | None, typer.Option(help="Judge prompt layout (default: paper).")] = None,
+    judge_prompt: JudgePromptOpt = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N candidates.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Filter (or answer from) the candidates in FILE for one query."""
     settings = build_settings(
         config, judges, backend, base_url, model, n=n, min_keep=min_keep, max_keep=max_keep,
-        consensus=consensus, judge_only=judge_only, layout=layout,
+        consensus=consensus, judge_prompt=judge_prompt,
     )
     docs, record_query = load_documents(file)
     question = query or record_query

@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 import typer
 
+from mainrag.prompts import JUDGE_PROMPTS
+
 BackendKind = Literal["local", "openai"]
 
 BackendOpt = Annotated[BackendKind | None, typer.Option(help="local (llama.cpp) or openai (vLLM...).")]
@@ -18,5 +20,9 @@ NOpt = Annotated[float | None, typer.Option(help="Bar: tau = mean - n*std (paper
 MinKeepOpt = Annotated[int | None, typer.Option(help="Keep at least this many.")]
 MaxKeepOpt = Annotated[int | None, typer.Option(help="Keep at most this many.")]
 ConsensusOpt = Annotated[Literal["mean", "vote", "unanimous"] | None, typer.Option(help="How judges agree.")]
-JudgeOnlyOpt = Annotated[bool | None, typer.Option("--judge-only/--with-predictor", help="Skip the Predictor.")]
+JudgePromptOpt = Annotated[str | None, typer.Option(
+    "--judge-prompt", metavar="NAME|PATH",
+    help=f"The judges' prompt: {', '.join(JUDGE_PROMPTS)} or a TOML template (default: paper). "
+    "The Predictor runs only when a judge reads its answer (not with judge-only: half the calls).",
+)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")]

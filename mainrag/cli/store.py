@@ -22,7 +22,7 @@ from mainrag.cli.options import (
     ConfigOpt,
     ConsensusOpt,
     JsonOpt,
-    JudgeOnlyOpt,
+    JudgePromptOpt,
     JudgesOpt,
     MaxKeepOpt,
     MinKeepOpt,
@@ -149,7 +149,7 @@ def ask_cmd(
     min_keep: MinKeepOpt = None,
     max_keep: MaxKeepOpt = None,
     consensus: ConsensusOpt = None,
-    judge_only: JudgeOnlyOpt = None,
+    judge_prompt: JudgePromptOpt = None,
     details: Annotated[bool, typer.Option("--details", help="Also show every candidate's scores.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -161,7 +161,7 @@ def ask_cmd(
         raise InputError("the question is empty")
     settings = build_settings(
         config, judges, backend, base_url, model, n=n, min_keep=min_keep, max_keep=max_keep,
-        consensus=consensus, judge_only=judge_only, top_k=k,
+        consensus=consensus, judge_prompt=judge_prompt, top_k=k,
     )
     retriever = ChromaRetriever(collection, store=open_store(path, host, port, ssl))
     retriever.count()  # a missing collection or another model fails before a model loads
