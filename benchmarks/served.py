@@ -41,6 +41,7 @@ from mainrag.backends import make_backend
 from mainrag.bench import metrics as m
 from mainrag.bench.datasets import BenchItem, dataset_path, get_spec, load_items
 from mainrag.bench.runner import RunConfig, Runner
+from mainrag.bench.systems import langchain_filter, langchain_llm_filter
 from mainrag.config import BackendSettings, JudgeSettings, Settings
 from mainrag.documents import Document
 from mainrag.prompts import load_template
@@ -171,23 +172,12 @@ def mainrag_query(settings: Settings) -> Query:
 
 
 def langchain_query(backend_cfg: BackendSettings, *, sync: bool) -> Query:
-    from langchain_classic.retrievers.document_compressors import LLMChainFilter
-    from langchain_core.callbacks import UsageMetadataCallbackHandler
-    from langchain_core.documents import Document as LCDocument
-    from langchain_openai import ChatOpenAI
-
-    llm = ChatOpenAI(model=backend_cfg.model, base_url=backend_cfg.base_urls[0], api_key="EMPTY", temperature=0)  # type: ignore[arg-type]
-    lc_filter = LLMChainFilter.from_llm(llm)
+    """LangChain's LLMChainFilter on the server, through its sync or its async path (the runner's code)."""
+    lc_filter = langchain_llm_filter(backend_cfg)
 
     async def query(item: BenchItem) -> Outcome:
-        usage = UsageMetadataCallbackHandler()
-        docs = [LCDocument(id=d.id, page_content=d.content) for d in item.documents]
-        if sync:
-            kept = await asyncio.to_thread(lc_filter.compress_documents, docs, item.question, callbacks=[usage])
-        else:
-            kept = await lc_filter.acompress_documents(docs, item.question, callbacks=[usage])
-        tokens = sum(u.get("input_tokens", 0) for u in usage.usage_metadata.values())
-        return Outcome(kept={str(d.id) for d in kept}, prompt_tokens=tokens, calls=len(docs))
+        kept, (tokens, _) = await langchain_filter(lc_filter, item.question, item.documents, sync=sync)
+        return Outcome(kept=set(kept), prompt_tokens=tokens, calls=len(item.documents))
 
     return query
 

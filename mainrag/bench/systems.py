@@ -208,26 +208,38 @@ REFERENCE_JUDGES = ("judge", "judge_prefix", "judge_conversation", "judge_only")
 _YES_NO = re.compile(r"\b(YES|NO)\b", re.IGNORECASE)
 
 
-async def langchain_filter(settings: Any, question: str, docs: Sequence[Document]) -> tuple[list[str], tuple[int, int]]:
-    """The real ``LLMChainFilter`` with ``ChatOpenAI`` on the settings' server and model:
-    the ids it keeps, and the (input, output) tokens it spent."""
+def langchain_llm_filter(b: BackendSettings) -> Any:
+    """LangChain's own ``LLMChainFilter`` over ``ChatOpenAI``, on the backend's server and model."""
     import os
 
-    import httpx
-    import openai
     from langchain_classic.retrievers.document_compressors import LLMChainFilter
-    from langchain_core.callbacks import UsageMetadataCallbackHandler
-    from langchain_core.documents import Document as LCDocument
     from langchain_openai import ChatOpenAI
 
-    b = settings.backend
     key = os.environ.get("MAINRAG_API_KEY") or os.environ.get("OPENAI_API_KEY") or "EMPTY"
     llm = ChatOpenAI(model=b.model, base_url=b.base_urls[0], api_key=key, temperature=0, timeout=b.timeout,
                      max_retries=b.retries)
+    return LLMChainFilter.from_llm(llm)
+
+
+async def langchain_filter(
+    lc_filter: Any, question: str, docs: Sequence[Document], *, sync: bool = False
+) -> tuple[list[str], tuple[int, int]]:
+    """What an ``LLMChainFilter`` keeps (its async path, or the sync one in a thread): the ids it
+    keeps, and the (input, output) tokens it spent."""
+    import asyncio
+
+    import httpx
+    import openai
+    from langchain_core.callbacks import UsageMetadataCallbackHandler
+    from langchain_core.documents import Document as LCDocument
+
     usage = UsageMetadataCallbackHandler()
     lc_docs = [LCDocument(id=d.id, page_content=d.content) for d in docs]
     try:
-        kept = await LLMChainFilter.from_llm(llm).acompress_documents(lc_docs, question, callbacks=[usage])
+        if sync:
+            kept = await asyncio.to_thread(lc_filter.compress_documents, lc_docs, question, callbacks=[usage])
+        else:
+            kept = await lc_filter.acompress_documents(lc_docs, question, callbacks=[usage])
     except (openai.APIError, httpx.HTTPError) as exc:  # the server's fault: recorded, not cached
         raise MainRAGError(f"LLMChainFilter failed: {type(exc).__name__}: {exc}") from exc
     tokens = [(u.get("input_tokens", 0), u.get("output_tokens", 0)) for u in usage.usage_metadata.values()]
@@ -315,7 +327,7 @@ class Workbench:
         if record is None:
             start = time.perf_counter()
             try:
-                kept, usage = await langchain_filter(self.agents.settings, self.item.question, self.docs)
+                kept, usage = await langchain_filter(langchain_llm_filter(self.agents.settings.backend), self.item.question, self.docs)
             except MainRAGError as exc:
                 return [CallRecord(key=key, seconds=time.perf_counter() - start, error=str(exc))] * len(self.docs)
             record = CallRecord(key=key, seconds=time.perf_counter() - start, text=json.dumps(kept),
