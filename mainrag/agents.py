@@ -4,11 +4,15 @@ all of a query's prompts of one kind at once (see ``backends.base.generate_all``
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mainrag.backends.base import Backend, Generation, Judgement, Message, Prompt, generate_all, judge_all
 from mainrag.documents import Document
 from mainrag.errors import ConfigError, MainRAGError
 from mainrag.prompts import PromptTemplate, fence, fenced_documents, load_template, share_budget
+
+if TYPE_CHECKING:
+    from mainrag.config import Settings
 
 Answer = str | BaseException | None  # the Predictor's answer, its failure, or none (judge-only)
 
@@ -19,6 +23,11 @@ class Predictor:
     def __init__(self, backend: Backend, template: PromptTemplate, *, max_tokens: int, max_doc_chars: int):
         self.backend, self.template = backend, template
         self.max_tokens, self.max_doc_chars = max_tokens, max_doc_chars
+
+    @classmethod
+    def from_settings(cls, s: Settings, backend: Backend) -> Predictor:
+        return cls(backend, load_template(s.predictor_prompt), max_tokens=s.answer_max_tokens,
+                   max_doc_chars=s.max_doc_chars)
 
     def prompt(self, question: str, doc: Document) -> Prompt:
         return self.template.render(document=fence(doc.content, self.max_doc_chars), question=question)
@@ -112,6 +121,11 @@ class FinalPredictor:
     ):  # fmt: skip
         self.backend, self.template = backend, template
         self.max_tokens, self.max_doc_chars, self.max_chars = max_tokens, max_doc_chars, max_chars
+
+    @classmethod
+    def from_settings(cls, s: Settings, backend: Backend) -> FinalPredictor:
+        return cls(backend, load_template(s.final_prompt), max_tokens=s.final_max_tokens,
+                   max_doc_chars=s.max_doc_chars, max_chars=s.final_max_chars)
 
     def caps(self, docs: Sequence[Document]) -> list[int]:
         """Characters of each document the prompt holds."""

@@ -20,7 +20,7 @@ from mainrag.config import BackendSettings, JudgeSettings, Settings
 from mainrag.documents import Document, as_documents
 from mainrag.errors import BackendError, ConfigError, InputError, JudgeError, MainRAGError
 from mainrag.guard import suspicions
-from mainrag.prompts import judge_template, load_template
+from mainrag.prompts import judge_template
 from mainrag.results import AnswerResult, FilterResult, JudgeScore, ScoredDocument, Usage
 from mainrag.retrieval import Retriever
 from mainrag.threshold import Decision, decide, final_order
@@ -78,13 +78,9 @@ class MainRAG:
         self._make_backend = backend_factory
         self.backend = backend or self._backend(s.backend)
         self.retriever = retriever
-        self.predictor = Predictor(
-            self.backend, load_template(s.predictor_prompt),
-            max_tokens=s.answer_max_tokens, max_doc_chars=s.max_doc_chars,
-        )
-        self.final_predictor = FinalPredictor(
-            self._backend(s.final_backend) if s.final_backend else self.backend, load_template(s.final_prompt),
-            max_tokens=s.final_max_tokens, max_doc_chars=s.max_doc_chars, max_chars=s.final_max_chars,
+        self.predictor = Predictor.from_settings(s, self.backend)
+        self.final_predictor = FinalPredictor.from_settings(
+            s, self._backend(s.final_backend) if s.final_backend else self.backend
         )
         self.judges: list[Judge] = list(judges) if judges else self._make_judges()  # type: ignore[arg-type]
         self._sync_lock = threading.Lock()

@@ -175,10 +175,9 @@ class Agents:
             name: MainRAG(system_settings(s, name, cheap_model), backend_factory=models)
             for name in systems if name not in BASELINES
         }
-        plain = MainRAG(system_settings(s, "main-rag"), backend_factory=models)  # the baselines' reader
-        self.predictor: Predictor = plain.predictor
-        self.final: FinalPredictor = plain.final_predictor
         backend = models(s.backend)
+        self.predictor = Predictor.from_settings(s, backend)  # the baselines' reader, as every engine's
+        self.final = FinalPredictor.from_settings(s, models(s.final_backend) if s.final_backend else backend)
         self.closed_book = FinalPredictor(backend, load_template(PROMPTS / "closed_book.toml"),
                                           max_tokens=s.final_max_tokens, max_doc_chars=s.max_doc_chars)
         self.llm_filter = Predictor(backend, load_template(PROMPTS / "llm_filter.toml"), max_tokens=4,
