@@ -26,10 +26,12 @@ bench() {  # NAME DATASET LIMIT SYSTEMS [options]
 }
 
 popqa=(--calls "$OUT/popqa_qwen1.5b.calls.jsonl")
-# (popqa_injection_clean_qwen1.5b and popqa_injection_qwen1.5b: the first round, attacks on the last
-# answerless passages, 4 questions; kept as the record. This round spreads them over the ranks.)
-bench popqa_injection_ranks_clean_qwen1.5b popqa "${INJECTION_LIMIT:-20}" "$INJECTION" "${popqa[@]}"
-bench popqa_injection_ranks_qwen1.5b popqa "${INJECTION_LIMIT:-20}" "$INJECTION" "${popqa[@]}" --inject
+# Injection, round 3: the defaults (with the injection screen) against LangChain's filter prompt, 20
+# questions. (Rounds 1 and 2, six systems on 4 and 6 questions, are kept as the record:
+# popqa_injection_*_qwen1.5b, popqa_injection_ranks_*_qwen1.5b; see benchmarks/RESULTS.md.)
+GUARDED=mainrag,llm-filter
+bench popqa_injection_guard_clean_qwen1.5b popqa "${INJECTION_LIMIT:-20}" "$GUARDED" "${popqa[@]}"
+bench popqa_injection_guard_qwen1.5b popqa "${INJECTION_LIMIT:-20}" "$GUARDED" "${popqa[@]}" --inject
 bench popqa_gold_middle_qwen1.5b popqa 50 "$SYSTEMS,mainrag-cheap" --cheap-model qwen2.5-0.5b --gold-at middle "${popqa[@]}"
 bench popqa_gold_last_qwen1.5b popqa 50 "$SYSTEMS" --gold-at last "${popqa[@]}"
 bench popqa100_qwen1.5b popqa 100 "$SYSTEMS" "${popqa[@]}"

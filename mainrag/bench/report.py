@@ -169,6 +169,14 @@ def disagreement_table(rows: list[dict[str, Any]], system: str = "main-rag", bas
     return lines
 
 
+# Which llm-filter ran: LangChain's own class needs a chat model on a server.
+LLM_FILTER = {
+    True: "LangChain's own `LLMChainFilter` (langchain_classic) with `ChatOpenAI` on the run's server",
+    False: "LLMChainFilter's prompt and YES/NO parser, re-implemented on the embedded backend "
+           "(LangChain has no chat model for llama.cpp in-process)",
+}
+
+
 def markdown(summary: Summary, rows: list[dict[str, Any]] | None = None) -> str:
     info = summary.info
     c = info.config
@@ -186,6 +194,7 @@ def markdown(summary: Summary, rows: list[dict[str, Any]] | None = None) -> str:
         f"- settings: {', '.join(f'{k}={v}' for k, v in c.settings.items() if not k.startswith('backend.'))}",
         f"- machine: {info.machine}; first started {info.started} (UTC)",
         f"- versions: {', '.join(f'{k} {v}' for k, v in info.versions.items())}",
+        *([f"- llm-filter: {LLM_FILTER[c.backend == 'openai']}"] if "llm-filter" in c.systems else []),
         "",
         (f"Metric: {METRIC_NAMES[summary.metric]} (95% bootstrap CI over items). EM and F1: SQuAD-normalised. "
          "P/R/AUC: filter precision, recall and mean per-question ROC-AUC against \"passage holds a gold answer\", "
