@@ -110,11 +110,13 @@ async def main() -> None:
     paths = {"async API `MainRAG.filter`": lambda q: rag.filter(q, docs[q]),
              "LangChain `MainRAGRetriever.ainvoke`": retriever.ainvoke}
     for name, run_one in paths.items():
+        # Each path starts from an empty prefix cache: the second must not read what the first left.
+        reset = Server(args.base_url).reset()
         r0, c0 = rss_mib(), prefix_cache(args.base_url)
         lat, err, wall = await drive(run_one, queries, args.concurrency)
         (h0, q0), (h1, q1) = c0, prefix_cache(args.base_url)
-        print(row(name, lat, err, wall, (r0, rss_mib())) + f" prefix cache hits {(h1 - h0) / max(q1 - q0, 1):.0%} |",
-              flush=True)
+        cache = f"prefix cache hits {(h1 - h0) / max(q1 - q0, 1):.0%}" + ("" if reset else " (not reset)")
+        print(row(name, lat, err, wall, (r0, rss_mib())) + f" {cache} |", flush=True)
     await rag.aclose()
 
 
