@@ -4,8 +4,9 @@ For k PopQA passages (the engine_speed.py set) and each judge prompt named, it r
 `MainRAG.answer` on a cleared batch context and times every llama.cpp call of the batch
 engine by kind: prompt evaluation (`SequencePool._run`: batches of up to 512 tokens) and
 decode steps (`SequencePool._step`: one token for each unfinished answer), attributed to
-the stage that asked (predict, judge, final); the rest of a stage's wall time is Python
-(templates, tokenizing, scoring). T_read (every Predictor prompt evaluated once) is the
+the stage that asked (predict, judge, final); the rest of a stage's wall time is spent
+outside the batch engine: Python (templates, tokenizing, scoring) and, for the Final-Predictor's
+one prompt, llama-cpp-python's own `create_completion` (prompt and decode together). T_read (every Predictor prompt evaluated once) is the
 physical limit engine_speed.py measures; it is measured here too, in the same run.
 
     python benchmarks/profile_answer.py [--k 20] [--prompts paper conversation]
@@ -80,7 +81,7 @@ async def profile(model: str, threads: int, k: int, prompt: str) -> list[str]:
     total = time.perf_counter() - start
     await rag.aclose()
     lines = [f"\n`judge_prompt = \"{prompt}\"`, k = {k}: answer {total:.1f} s, {len(result.filter.kept)} kept\n",
-             "| stage | wall | prefill: s, tokens, tok/s | decode: s, steps, tokens | Python and the rest |",
+             "| stage | wall | batch prefill: s, tokens, tok/s | batch decode: s, steps, tokens | outside the batch engine |",
              "|---|---|---|---|---|"]
     for stage in ("predict", "judge", "final"):
         wall = result.timings.get(stage, 0.0)
