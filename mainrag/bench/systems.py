@@ -18,6 +18,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,11 @@ class Agents:
         self.embedder = embedder
         self.embedding_threshold = embedding_threshold
 
+    @cached_property
+    def lc_filter(self) -> Any:
+        """LangChain's LLMChainFilter on the run's server, built once: one HTTP client for every item."""
+        return langchain_llm_filter(self.settings.backend)
+
     def templates(self) -> list[PromptTemplate]:
         """The baselines', the paper's judges', and any other an engine uses, each once
         (in a fixed order: the hash of a run with the default prompts does not change)."""
@@ -326,7 +332,7 @@ class Workbench:
         if record is None:
             start = time.perf_counter()
             try:
-                kept, usage = await langchain_filter(langchain_llm_filter(self.agents.settings.backend), self.item.question, self.docs)
+                kept, usage = await langchain_filter(self.agents.lc_filter, self.item.question, self.docs)
             except MainRAGError as exc:
                 return [CallRecord(key=key, seconds=time.perf_counter() - start, error=str(exc))] * len(self.docs)
             record = CallRecord(key=key, seconds=time.perf_counter() - start, text=json.dumps(kept),
