@@ -93,8 +93,8 @@ class Row:
         rate = self.docs / self.wall if self.wall else float("nan")
         p50, p95 = np.percentile(self.latencies, [50, 95]) if self.latencies else (np.nan, np.nan)
         kept, labels = np.array(self.kept, bool), np.array(self.labels, bool)
-        precision = (kept & labels).sum() / kept.sum() if kept.any() else float("nan")
-        recall = (kept & labels).sum() / labels.sum() if labels.any() else float("nan")
+        precision = f"{(kept & labels).sum() / kept.sum():.2f}" if kept.any() else "–"  # nothing kept
+        recall = f"{(kept & labels).sum() / labels.sum():.2f}" if labels.any() else "–"
         share = f"{rate / t_read:.2f}" if t_read else "–"
         hits = "–" if self.hit_rate is None else f"{self.hit_rate:.0%}" + ("" if self.cache_reset else " (warm)")
         auc = f"{np.mean(self.aucs):.3f}" if self.aucs else "–"
@@ -102,7 +102,7 @@ class Row:
         kept_share = f"{kept.mean():.2f}" if self.kept else "–"
         return (f"| {self.system} | {rate:.2f} | {share} | {p50:.1f} | {p95:.1f} | "
                 f"{self.prompt_tokens / max(self.docs, 1):.0f} | {self.calls} | {hits} | {kept_share} | "
-                f"{precision:.2f} / {recall:.2f} | {auc} | {per_min} |")
+                f"{precision} / {recall} | {auc} | {per_min} |")
 
 
 class Server:
@@ -182,9 +182,9 @@ def langchain_query(backend_cfg: BackendSettings, *, sync: bool) -> Query:
     return query
 
 
-async def runner_row(settings: Settings, items: int, k: int, concurrency: int, server: Server) -> Row:
+async def runner_row(settings: Settings, items: int, k: int, concurrency: int, server: Server, label: str = "") -> Row:
     """``mainrag bench`` over main-rag: items per minute at this concurrency (its own call cache)."""
-    row = Row(f"runner, main-rag, concurrency {concurrency}", cache_reset=server.reset())
+    row = Row(f"runner, main-rag, concurrency {concurrency}{label}", cache_reset=server.reset())
     h0, q0 = server.counters()
     with tempfile.TemporaryDirectory() as tmp:
         config = RunConfig(dataset="popqa", data="", systems=["main-rag"], k=k, backend="openai",
@@ -237,7 +237,8 @@ async def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--concurrency", type=int, default=8, help="the runner's second concurrency")
     ap.add_argument("--scaling", action="store_true", help="add mainrag full at k = 10, 20, 50, with 1 and 3 judges")
-    ap.add_argument("--only", help="comma-separated subset of: read,lc-sync,lc-async,judge-only,full,conversation,runner")
+    ap.add_argument("--only", help="comma-separated subset of: read,lc-sync,lc-async,judge-only,full,conversation,"
+                                   "runner (at 1 and --concurrency),runner-serial")
     args = ap.parse_args()
     spec = get_spec("popqa")
     pool = load_items(spec, dataset_path(spec, None), k=50)
@@ -258,6 +259,10 @@ async def main() -> None:
             base.model_copy(update={"judge_prompt": "conversation"})), server),
         "runner": lambda: runner_row(base, args.questions, args.k, 1, server),
         "runner-n": lambda: runner_row(base, args.questions, args.k, args.concurrency, server),
+        # The runner as the served-path issue found it: every model call awaited in turn.
+        "runner-serial": lambda: runner_row(
+            base.model_copy(update={"backend": cfg.model_copy(update={"max_concurrency": 1})}),
+            args.questions, args.k, 1, server, ", one request in flight (the runner before the served-path work)"),
     }
     chosen = set(args.only.split(",")) if args.only else set(systems)
     if "runner" in chosen:

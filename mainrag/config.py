@@ -131,8 +131,9 @@ class Settings(BaseSettings):
     consensus: ConsensusMode = "mean"
     quorum: int | None = Field(None, ge=1)
     # The retriever's order as one more voice of the consensus, weighed against one judge's 1
-    # (0: the judges alone, the paper). It costs no model call.
-    retriever_weight: float = Field(1.0, ge=0)
+    # (0: the judges alone, the paper). It costs no model call. A quarter: most of what it adds to
+    # the ranking where the retriever is right, little of what it costs where it is wrong (RESULTS.md).
+    retriever_weight: float = Field(0.25, ge=0)
     fallback: Fallback = Field(default_factory=Fallback)  # do no harm when the judges cannot tell
     # The injection screen (mainrag.guard) over each document and its Predictor answer: "drop" a
     # suspect whatever its scores, only "flag" it in the result, or "off".

@@ -72,29 +72,31 @@ def upgrade_judge(data: dict[str, Any], *, judge_only: Any = False, warn: bool =
 
 
 def upgrade_settings(data: dict[str, Any], *, warn: bool = True) -> dict[str, Any]:
-    """Settings with the deprecated ``layout`` and ``judge_only`` turned into ``judge_prompt``
-    (and each judge's ``layout`` into its ``prompt``). Both the old and the new are an error."""
+    """Settings with the deprecated ``layout`` and ``judge_only`` turned into ``judge_prompt``,
+    and each judge's ``layout`` into its ``prompt``. Both the old and the new are an error."""
     old = [k for k in ("layout", "judge_only") if k in data]
-    if not old:
-        return data
-    if "judge_prompt" in data:
-        raise ValueError(f"judge_prompt replaces the deprecated {' and '.join(old)}: give judge_prompt only "
-                         "(check the TOML file and MAINRAG_* variables too)")
-    data = dict(data)
-    layout, judge_only = data.pop("layout", None), data.pop("judge_only", False)
-    data["judge_prompt"] = _legacy_prompt(layout, judge_only)
-    if warn:
-        _deprecated(" and ".join(f"`{k}`" for k in old), f"judge_prompt = {data['judge_prompt']!r}")
-    if _as_bool(judge_only) and isinstance(data.get("judges"), list):
-        data["judges"] = [_judge_only(j, warn) for j in data["judges"]]
+    judge_only: Any = False
+    if old:
+        if "judge_prompt" in data:
+            raise ValueError(f"judge_prompt replaces the deprecated {' and '.join(old)}: give judge_prompt only "
+                             "(check the TOML file and MAINRAG_* variables too)")
+        data = dict(data)
+        layout, judge_only = data.pop("layout", None), data.pop("judge_only", False)
+        data["judge_prompt"] = _legacy_prompt(layout, judge_only)
+        if warn:
+            _deprecated(" and ".join(f"`{k}`" for k in old), f"judge_prompt = {data['judge_prompt']!r}")
+    if isinstance(data.get("judges"), list):
+        data = {**data, "judges": [_upgrade_any_judge(j, _as_bool(judge_only), warn) for j in data["judges"]]}
     return data
 
 
-def _judge_only(judge: Any, warn: bool) -> Any:
-    """A judge under the deprecated ``judge_only`` (a dict, or settings already validated)."""
-    if hasattr(judge, "model_dump"):  # a JudgeSettings
+def _upgrade_any_judge(judge: Any, judge_only: bool, warn: bool) -> Any:
+    """A judge as given (a dict, or settings already validated), upgraded."""
+    if hasattr(judge, "model_dump"):  # a JudgeSettings: only the deprecated judge_only changes it
+        if not judge_only:
+            return judge
         judge = judge.model_dump(exclude_unset=True)
-    return upgrade_judge(judge, judge_only=True, warn=warn) if isinstance(judge, dict) else judge
+    return upgrade_judge(judge, judge_only=judge_only, warn=warn) if isinstance(judge, dict) else judge
 
 
 def legacy_env() -> dict[str, Any]:

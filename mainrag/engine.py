@@ -235,9 +235,7 @@ class MainRAG:
         suspects = self._screen(docs, answers)
         blocked = [bool(s) for s in suspects] if self.settings.guard == "drop" else None
         decision = self.decide(matrix, distrust=distrust, blocked=blocked)
-        scored = [self._scored(i, d, answers[i], verdicts, decision) for i, d in enumerate(docs)]
-        for doc, found in zip(scored, suspects, strict=True):
-            doc.suspicions = found
+        scored = [self._scored(i, d, answers[i], verdicts, decision, suspects[i]) for i, d in enumerate(docs)]
         if any(suspects):
             ids = ", ".join(d.id for d in scored if d.suspicions)
             verb = "dropped" if blocked else "flagged"
@@ -299,7 +297,7 @@ class MainRAG:
 
     def _scored(
         self, i: int, doc: Document, answer: str | BaseException | None,
-        verdicts: list[list[Judgement | BaseException]], decision: Decision,
+        verdicts: list[list[Judgement | BaseException]], decision: Decision, suspected: list[str],
     ) -> ScoredDocument:
         judges = {}
         for k, judge in enumerate(self.judges):
@@ -314,7 +312,7 @@ class MainRAG:
             answer=answer if isinstance(answer, str) else None,
             votes=decision.votes[i] if decision.votes else None, retriever_rank=i + 1,
             retriever_z=decision.retriever_z[i] if decision.retriever_z else None,
-            truncated=len(doc.content) > self.settings.max_doc_chars,
+            truncated=len(doc.content) > self.settings.max_doc_chars, suspicions=suspected,
         )
 
     # -- sync convenience and lifecycle -------------------------------------

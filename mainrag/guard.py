@@ -21,7 +21,7 @@ import binascii
 import re
 from typing import Literal
 
-from mainrag.prompts import FENCE_NAMES, skeleton
+from mainrag.prompts import FENCE_TAG, skeleton
 
 GuardMode = Literal["drop", "flag", "off"]
 
@@ -44,8 +44,8 @@ RULES: dict[str, re.Pattern[str]] = {
         r"<\|[^|<>\n]{1,40}\|>|\[/?inst\]|<</?sys>>|<(?:start|end)_of_turn>|<\|?endoftext\|?>|</?s>"
         r"|<\|(?:im_|eot|start_header)"
     ),
-    # the prompt's own fences, however spelled: "</document>", "< answer x>"
-    "fence_tag": re.compile(rf"<[\s/]*(?:{'|'.join(FENCE_NAMES)})\b"),
+    # the prompt's own fences, however spelled: "</document>", "< answer x>" (what prompts.neutralise cuts)
+    "fence_tag": FENCE_TAG,
     # a fake system or developer turn, or the Judge prompt's own labels, at the start of a line
     "fake_turn": re.compile(
         r"(?:^|\n)\s*(?:#+\s*)?(?:system|llm answer|instructions?|system prompt|developer(?: message)?|response)\s*:"

@@ -39,7 +39,7 @@ _TAG_REMOVED = "[tag removed]"
 # of a fence name, spaced, with attributes or unclosed, e.g. "< /Document x>".
 # No word boundary after the name: "<document\u200bs>" reads as a tag too, and
 # cutting a rare "<documents>" costs nothing.
-_FENCE_TAG = re.compile(rf"<[\s/]*(?:{'|'.join(FENCE_NAMES)})(?:[^<>\n]{{0,80}}>)?")
+FENCE_TAG = re.compile(rf"<[\s/]*(?:{'|'.join(FENCE_NAMES)})(?:[^<>\n]{{0,80}}>)?")
 # What a reader, or a model, takes for <, > or / although NFKC keeps it apart
 # (NFKC itself folds the fullwidth and small forms such as U+FF1C and U+FE64),
 # and Cyrillic/Greek letters that pass for the Latin letters of the names.
@@ -164,7 +164,7 @@ def neutralise(text: str) -> str:
     seen, where = skeleton(text)
     parts: list[str] = []
     last = 0
-    for m in _FENCE_TAG.finditer(seen):
+    for m in FENCE_TAG.finditer(seen):
         start, end = (m.start(), m.end()) if where is None else (where[m.start()], where[m.end() - 1] + 1)
         parts += [text[last : max(start, last)], _TAG_REMOVED]
         last = max(end, last)

@@ -43,7 +43,7 @@ from mainrag.bench.systems import (
 )
 from mainrag.bench.variants import GoldAt, gold_at, inject
 from mainrag.config import Settings
-from mainrag.config_legacy import upgrade_judge, upgrade_settings
+from mainrag.config_legacy import upgrade_settings
 from mainrag.errors import ConfigError, InputError
 from mainrag.files import write_atomic
 from mainrag.redact import redact
@@ -119,7 +119,6 @@ def upgrade_call_settings(flat: dict[str, Any]) -> dict[str, Any]:
     rest = {k: v for k, v in flat.items() if k not in judge_keys}
     judges = [flat[k] for k in judge_keys]
     new = upgrade_settings({**rest, "judges": judges}, warn=False)
-    new["judges"] = [upgrade_judge(j, warn=False) if isinstance(j, dict) else j for j in new["judges"]]
     return {**{k: v for k, v in new.items() if k != "judges"}, **dict(zip(judge_keys, new["judges"], strict=True))}
 
 
