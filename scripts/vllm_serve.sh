@@ -16,6 +16,9 @@
 #   PORT                    (default 8011)
 #   MAINRAG_VLLM_WAIT       seconds to wait for the server (default 300)
 #   MAINRAG_VLLM_RUN_DIR    where the log and pid files go (default /tmp)
+#   VLLM_CPU_NUM_OF_RESERVED_CPU  cores kept from the model for vLLM's scheduler: vLLM reserves
+#                           one; on a host of 4 cores or fewer this script reserves none, since
+#                           computing on both of 2 cores serves 1.5-1.7x faster (benchmarks/RESULTS.md)
 #
 # Then: export MAINRAG_TEST_VLLM_URL=http://127.0.0.1:$PORT/v1
 set -euo pipefail
@@ -92,6 +95,9 @@ start() {
     # `vllm serve` fails for the vllm-cpu distribution (PackageNotFoundError): use the module.
     # Dev mode serves POST /reset_prefix_cache, which benchmarks/served.py calls between systems
     # (this server listens on 127.0.0.1 only).
+    if [ -z "${VLLM_CPU_NUM_OF_RESERVED_CPU-}" ] && (( $(nproc) <= 4 )); then
+        export VLLM_CPU_NUM_OF_RESERVED_CPU=0
+    fi
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" \
     VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 \
     VLLM_SERVER_DEV_MODE=1 \
