@@ -309,6 +309,19 @@ async def test_label_ids_are_looked_up_once_per_endpoint(fake: FakeServer, fake2
     assert all(b["logprob_token_ids"][0] == 110 for b in fake2.bodies())
 
 
+async def test_the_label_look_up_is_not_queued_behind_generations(fake: FakeServer) -> None:
+    # The endpoint's one slot is busy with a long generation; /tokenize is not engine work, so
+    # the look-up answers within its 1 s bound and the judgement is exact, not string-matched.
+    fake.responder = tokenizer(VOCAB)
+    fake.push(CHAT, Reply(body=DEFAULT_TEXT, delay=2.5))
+    async with fast(fake.url, max_concurrency=1, tokenize_timeout=1.0) as backend:
+        generation = asyncio.create_task(backend.generate(PROMPT, max_tokens=4))
+        assert await asyncio.to_thread(fake.wait_for, lambda: fake.active == 1)
+        await asyncio.gather(generation, backend.judge(PROMPT))
+        assert backend.exact_labels is True
+    assert fake.count("/tokenize") == 12 and fake.max_active >= 2  # it ran beside the generation
+
+
 async def test_label_ids_from_the_settings_skip_tokenize(fake: FakeServer) -> None:
     entries = [("token_id:5", math.log(0.7)), ("token_id:6", math.log(0.2)), ("token_id:9", math.log(0.05))]
     fake.push(CHAT, Reply(body=top_logprobs_reply(entries)))

@@ -8,7 +8,10 @@ Why it looks like this:
   bundles, custom transports): that one is used as is and never closed here.
 * A request goes to the endpoint with the fewest requests in flight (queued
   ones included), round robin on ties, so concurrent judgements reach a server
-  together and vLLM batches them. ``max_concurrency`` bounds each endpoint.
+  together and vLLM batches them. ``max_concurrency`` bounds each endpoint's
+  engine work; a side request the engine does not run (``/tokenize``) takes no
+  slot, so it is not queued behind minutes of generation (one spare connection
+  per endpoint is kept for it).
 * Transient faults (connection errors, timeouts, a cut-short or non-JSON body,
   429, 5xx) are retried by tenacity with exponential backoff and jitter, or
   after the server's ``Retry-After`` (seconds or an HTTP date, capped). A
@@ -26,6 +29,7 @@ Why it looks like this:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -169,6 +173,7 @@ class _RequestState:
     """One call across its attempts."""
 
     pin: Endpoint | None = None  # only this endpoint (a per-endpoint look-up)
+    slot: bool = True  # takes one of the endpoint's max_concurrency slots
     avoid: set[int] = field(default_factory=set)  # ids of endpoints that refused a connection
 
 
@@ -201,23 +206,26 @@ class Transport:
 
     async def post(
         self, path: str, body: Body, *, root: bool = False, endpoint: Endpoint | None = None,
-        timeout: float | None = None, retries: int | None = None,
+        timeout: float | None = None, retries: int | None = None, slot: bool = True,
     ) -> Reply[None]:
         async def fixed(_: Endpoint) -> tuple[Body, None]:
             return body, None
 
-        return await self.post_prepared(path, fixed, root=root, endpoint=endpoint, timeout=timeout, retries=retries)
+        return await self.post_prepared(
+            path, fixed, root=root, endpoint=endpoint, timeout=timeout, retries=retries, slot=slot
+        )
 
     async def post_prepared(
         self, path: str, prepare: Prepare[T], *, root: bool = False, endpoint: Endpoint | None = None,
-        timeout: float | None = None, retries: int | None = None,
+        timeout: float | None = None, retries: int | None = None, slot: bool = True,
     ) -> Reply[T]:
         """POST the body ``prepare(endpoint)`` makes for the endpoint each attempt picks.
 
         ``endpoint`` pins the call to one endpoint; ``timeout`` and ``retries``
-        override the options for this call.
+        override the options for this call; ``slot=False`` is for side requests
+        the engine does not run (see the module notes).
         """
-        state = _RequestState(pin=endpoint)
+        state = _RequestState(pin=endpoint, slot=slot)
         attempts = (self.options.retries if retries is None else retries) + 1
         limit = self.options.timeout if timeout is None else timeout
         retrying = AsyncRetrying(
@@ -274,7 +282,7 @@ class Transport:
                 raise _Transient(endpoint.shown, exc.cause, EndpointUnreachableError) from exc
             url = endpoint.address(path, root=root)
             local = self._local()
-            async with local.semaphores[endpoint.index]:
+            async with local.semaphores[endpoint.index] if state.slot else contextlib.nullcontext():
                 response = await self._send(local.client, url, body, timeout, endpoint, state)
         finally:
             endpoint.in_flight -= 1

@@ -7,7 +7,8 @@ Why the look-up works the way it does:
 * Once per endpoint, not per backend: endpoints may run different builds.
 * Bounded as a whole by ``timeout`` (12 small requests, sent together, with
   their own few ``retries``): a hung ``/tokenize`` must not stall every
-  judgement behind it.
+  judgement behind it. They take no concurrency slot: behind a full queue of
+  generations the look-up would time out on a healthy server.
 * Whatever goes wrong falls back to matching token strings in the top
   log-probabilities (censored where a label is missing), unless exact labels
   are required (``mode=True``), which makes it a typed error.
@@ -154,7 +155,7 @@ class LabelLookup:
         body = {"model": self._model, "prompt": text, "add_special_tokens": False}
         reply = await self._http.post(
             "/tokenize", body, root=True, endpoint=endpoint,
-            timeout=min(self._timeout, self._http.options.timeout), retries=self._retries,
+            timeout=min(self._timeout, self._http.options.timeout), retries=self._retries, slot=False,
         )
         tokens = reply.data.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
