@@ -318,7 +318,10 @@ def test_report_lists_where_main_rag_and_rag_disagree(tmp_path: Path, monkeypatc
     config = RunConfig(dataset="triviaqa", data="", systems=["rag", "main-rag"], k=4, model="scripted")
     assert asyncio.run(Runner(config, Settings(), tmp_path / "out", resume=False, data=data, progress=False).run()) == 2
     write_report(tmp_path / "out")
-    table = (tmp_path / "out" / "report.md").read_text().split("Where main-rag and rag disagree")[1]
+    report = (tmp_path / "out" / "report.md").read_text()
+    # Items [-1, 0] against rag: the paired interval resamples the differences, so it spans -1 to 0.
+    assert "- main-rag: worse by -0.500 (95% CI -1.000 to +0.000; +0 / −1 items, p = 1.00)" in report
+    table = report.split("Where main-rag and rag disagree")[1]
     # The judge kept the two Berlin passages and dropped both that hold "Paris".
     assert "| rag | Capital of France? | Paris | Paris | unknown | 2, 0/2 |" in table
     assert "Italy" not in table
