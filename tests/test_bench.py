@@ -327,6 +327,30 @@ def test_report_lists_where_main_rag_and_rag_disagree(tmp_path: Path, monkeypatc
     assert "Italy" not in table
 
 
+class FlatBackend(ScriptedBackend):
+    """Judges that cannot tell passages apart: the same log-odds for every one."""
+
+    async def judge(self, prompt: Prompt) -> Judgement:
+        await super().judge(prompt)
+        return Judgement(log_odds=-0.5, logprob_yes=-1.0, logprob_no=-0.5, prompt_tokens=50)
+
+
+def test_report_says_where_the_fallback_overruled_the_judges(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "d.jsonl"
+    ctxs = [d.model_dump() for d in item().documents]
+    rows = [{"question": "Capital of France?", "answers": ["Paris"], "ctxs": ctxs},
+            {"question": "Capital of Italy?", "answers": ["Rome"], "ctxs": ctxs}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr("mainrag.bench.systems.make_backend", lambda cfg: FlatBackend())
+    config = RunConfig(dataset="triviaqa", data="", systems=["rag", "main-rag", "mainrag"], k=4, model="scripted")
+    assert asyncio.run(Runner(config, Settings(), tmp_path / "out", resume=False, data=data, progress=False).run()) == 2
+    summary = write_report(tmp_path / "out")
+    assert summary.systems["mainrag"].fallbacks == 2 and summary.systems["main-rag"].fallbacks == 0  # the paper's never
+    assert all("flat" in r["systems"]["mainrag"]["fallback"] for r in read_items(tmp_path / "out"))
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "- mainrag: 2 of 2 questions; on them mainrag 1 right, rag 1 right, main-rag 1 right" in report
+
+
 def test_a_second_run_into_the_same_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"question": "Capital?", "answers": ["Paris"],

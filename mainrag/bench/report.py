@@ -175,6 +175,22 @@ def disagreement_table(rows: list[dict[str, Any]], system: str = "main-rag", bas
 
 DISAGREEMENT_SYSTEMS = ("main-rag", "mainrag")
 
+def fallback_lines(summary: Summary, rows: list[dict[str, Any]]) -> list[str]:
+    """Where a system's judges were overruled (do no harm), and how those questions went: the
+    system against rag and the paper's filter (which never falls back) on the same questions."""
+    lines = []
+    for name, s in summary.systems.items():
+        if not s.fallbacks:
+            continue
+        fell = [r["systems"] for r in rows if "fallback" in r["systems"].get(name, {})]
+        right = {n: sum(x[n]["correct"] for x in fell if n in x) for n in (name, "rag", "main-rag")}
+        scores = ", ".join(f"{n} {k} right" for n, k in right.items() if all(n in x for x in fell))
+        lines.append(f"- {name}: {s.fallbacks} of {s.items} questions; on them {scores}")
+    if lines:
+        lines = ["", "Judges overruled (do no harm: the retriever's top kept):", "", *lines]
+    return lines
+
+
 # Which llm-filter ran: LangChain's own class needs a chat model on a server.
 LLM_FILTER = {
     True: "LangChain's own `LLMChainFilter` (langchain_classic) with `ChatOpenAI` on the run's server",
@@ -233,10 +249,7 @@ def markdown(summary: Summary, rows: list[dict[str, Any]] | None = None) -> str:
     for name in DISAGREEMENT_SYSTEMS:  # the paper's filter, and the defaults where they ran
         if name in summary.systems:
             lines += disagreement_table(rows or [], name)
-    fallbacks = {n: s.fallbacks for n, s in summary.systems.items() if s.fallbacks}
-    if fallbacks:
-        lines += ["", "Judges overruled (do no harm: the retriever's top kept), questions per system: "
-                  + ", ".join(f"{n} {k} of {summary.systems[n].items}" for n, k in fallbacks.items())]
+    lines += fallback_lines(summary, rows or [])
     errors = {n: s.errors for n, s in summary.systems.items() if s.errors}
     if errors:
         lines += ["", f"Failed LLM calls (counted as no answer / unscored): {errors}"]
