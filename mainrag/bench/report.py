@@ -158,6 +158,9 @@ def _cell(text: str, width: int = 70) -> str:
     return one_line if len(one_line) <= width else one_line[: width - 1] + "…"
 
 
+DISAGREEMENT_SYSTEMS = ("main-rag", "mainrag")  # the paper's filter, and the defaults
+
+
 def disagreement_table(rows: list[dict[str, Any]], system: str = "main-rag", baseline: str = "rag") -> list[str]:
     found = disagreements(rows, system, baseline)
     if not found:
@@ -173,8 +176,6 @@ def disagreement_table(rows: list[dict[str, Any]], system: str = "main-rag", bas
     return lines
 
 
-DISAGREEMENT_SYSTEMS = ("main-rag", "mainrag")
-
 def fallback_lines(summary: Summary, rows: list[dict[str, Any]]) -> list[str]:
     """Where a system's judges were overruled (do no harm), and how those questions went: the
     system against rag and the paper's filter (which never falls back) on the same questions."""
@@ -183,8 +184,8 @@ def fallback_lines(summary: Summary, rows: list[dict[str, Any]]) -> list[str]:
         if not s.fallbacks:
             continue
         fell = [r["systems"] for r in rows if "fallback" in r["systems"].get(name, {})]
-        right = {n: sum(x[n]["correct"] for x in fell if n in x) for n in (name, "rag", "main-rag")}
-        scores = ", ".join(f"{n} {k} right" for n, k in right.items() if all(n in x for x in fell))
+        present = [n for n in (name, "rag", "main-rag") if all(n in x for x in fell)]
+        scores = ", ".join(f"{n} {sum(x[n]['correct'] for x in fell)} right" for n in present)
         lines.append(f"- {name}: {s.fallbacks} of {s.items} questions; on them {scores}")
     if lines:
         lines = ["", "Judges overruled (do no harm: the retriever's top kept):", "", *lines]
@@ -246,7 +247,7 @@ def markdown(summary: Summary, rows: list[dict[str, Any]] | None = None) -> str:
                 f"95% CI {s.delta_ci_vs_rag[0]:+.3f} to {s.delta_ci_vs_rag[1]:+.3f}; ")
             lines.append(f"- {name}: {verdict} by {delta:+.3f} ({ci}+{s.wins_vs_rag} / −{s.losses_vs_rag} items, "
                          f"p = {sign_test_p(s.wins_vs_rag, s.losses_vs_rag or 0):.2f})")
-    for name in DISAGREEMENT_SYSTEMS:  # the paper's filter, and the defaults where they ran
+    for name in DISAGREEMENT_SYSTEMS:
         if name in summary.systems:
             lines += disagreement_table(rows or [], name)
     lines += fallback_lines(summary, rows or [])
