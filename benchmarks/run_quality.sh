@@ -15,7 +15,10 @@ OUT=${OUT:-benchmarks}
 SYSTEMS=${SYSTEMS:-closed-book,rag,main-rag,judge-only,mainrag,mainrag-best-last,mainrag-retriever-order}
 # The clean runs leave out the two order systems: the noise sweeps measure the order, where it matters
 # most, and each costs one more Final-Predictor answer per question (about a quarter of a question's time).
-CLEAN=${CLEAN:-closed-book,rag,main-rag,judge-only,mainrag}
+CLEAN=${CLEAN:-closed-book,rag,main-rag,judge-only,mainrag,mainrag-judges-first}
+# The sweeps again with the kept passages read in the judges' order (judges_first): every call but
+# those answers comes from the call cache.
+ORDER=${ORDER:-rag,main-rag,mainrag,mainrag-judges-first}
 common=(--model "$MODEL" --threads "${THREADS:-2}" --resume --no-progress)
 
 bench() {  # NAME DATASET LIMIT SYSTEMS [options]
@@ -31,6 +34,8 @@ popqa=(--calls "$OUT/popqa_qwen1.5b.calls.jsonl")
 # their commands, in benchmarks/RESULTS.md; round 3 ran the defaults of then (retriever_weight 1).
 bench popqa_gold_middle_qwen1.5b popqa 50 "$SYSTEMS,mainrag-cheap" --cheap-model qwen2.5-0.5b --gold-at middle "${popqa[@]}"
 bench popqa_gold_last_qwen1.5b popqa 50 "$SYSTEMS" --gold-at last "${popqa[@]}"
+bench popqa_gold_last_judges_first_qwen1.5b popqa 50 "$ORDER" --gold-at last "${popqa[@]}"
+bench popqa_gold_middle_judges_first_qwen1.5b popqa 50 "$ORDER" --gold-at middle "${popqa[@]}"
 bench popqa100_qwen1.5b popqa 100 "$CLEAN" "${popqa[@]}"
 bench hotpotqa100_qwen1.5b hotpotqa 100 "$CLEAN"
 bench arc100_qwen1.5b arc_challenge 100 "$CLEAN"

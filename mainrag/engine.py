@@ -160,7 +160,8 @@ class MainRAG:
                     documents = await self.retriever.retrieve(query, self.settings.top_k)
             filtered = await self.filter(query, documents)
             by_rank = {d.retriever_rank: d for d in filtered.kept}
-            ranks = final_order(list(by_rank), self.settings.final_order)
+            judged = {r: d.judged for r, d in by_rank.items()}
+            ranks = final_order(list(by_rank), self.settings.final_order, judged)
             kept = [Document(id=d.id, text=d.text, title=d.title) for d in (by_rank[r] for r in ranks)]
             with _timed(timings, "final"):
                 gen = await self.final_predictor.answer(query, kept)

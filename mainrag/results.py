@@ -67,6 +67,12 @@ class ScoredDocument(BaseModel):
     def censored(self) -> bool:
         return any(j.censored for j in self.judges.values())
 
+    @property
+    def judged(self) -> float | None:
+        """The judges' consensus alone: the mean of their z-scores, the retriever's voice left out."""
+        zs = [j.z for j in self.judges.values() if j.z is not None]
+        return sum(zs) / len(zs) if zs else None
+
 
 class FilterResult(BaseModel):
     """The judge bar's decision for one query."""

@@ -27,6 +27,7 @@ Two more rules, both off at their zero values:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
@@ -34,7 +35,9 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, Field
 
 ConsensusMode = Literal["mean", "vote", "unanimous"]
-FinalOrder = Literal["best_first", "best_last", "retriever"]
+# best_first: by the consensus, the retriever's voice included; judges_first: by the judges' consensus
+# alone (the voice helps decide what is kept, not what is read first); best_last; retriever order.
+FinalOrder = Literal["best_first", "judges_first", "best_last", "retriever"]
 
 # Scores equal in exact arithmetic can differ from their own mean by rounding.
 _TOL = 1e-9
@@ -211,8 +214,13 @@ def _vote(
     return votes, scored & (votes >= need), taus
 
 
-def final_order(kept: list[int], order: FinalOrder) -> list[int]:
-    """The kept documents (best first) in the order the Final-Predictor reads them."""
+def final_order(kept: list[int], order: FinalOrder, judged: Mapping[int, float | None] | None = None) -> list[int]:
+    """The kept documents (best first) in the order the Final-Predictor reads them. ``judged`` holds
+    each kept document's judges' consensus (for ``judges_first``; unscored last, ties by position)."""
+    if order == "judges_first":
+        if judged is None:
+            raise ValueError("judges_first needs the judges' consensus of the kept documents")
+        return sorted(kept, key=lambda i: (np.inf if judged[i] is None else -judged[i], i))
     if order == "best_last":
         return kept[::-1]
     if order == "retriever":

@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from mainrag import models
 from mainrag.backends.base import Generation, Judgement, Prompt
 from mainrag.bench.cache import CallCache
 from mainrag.bench.datasets import BenchItem
-from mainrag.bench.report import write_report
+from mainrag.bench.report import versus_paper, write_report
 from mainrag.bench.runner import RunConfig, Runner, read_items
 from mainrag.bench.systems import DEFAULT_SYSTEMS, MAIN_RAG_N, Agents, Models, Workbench
 from mainrag.config import BackendSettings, Settings
@@ -327,6 +328,21 @@ def test_report_lists_where_main_rag_and_rag_disagree(tmp_path: Path, monkeypatc
     assert "Italy" not in table
 
 
+def test_mainrag_is_compared_with_the_papers_filter_item_by_item() -> None:
+    def outcome(right: bool) -> dict[str, Any]:
+        return {"correct": right, "metric": float(right)}
+
+    paper, mine = [True, False, True, False], [False, True, False, False]
+    rows = [{"systems": {"rag": outcome(False), "main-rag": outcome(p), "mainrag-judges-first": outcome(m)}}
+            for p, m in zip(paper, mine, strict=True)]
+    lines = versus_paper(rows)
+    assert lines[1] == "Against the paper's filter (main-rag), paired over the same items, exact sign test:"
+    assert lines[3].startswith("- mainrag-judges-first: worse by -0.250 (95% CI ")
+    assert lines[3].endswith("; +1 / −2 items, p = 1.00)")
+    assert len(lines) == 4  # rag is not a configuration of mainrag
+    assert versus_paper([{"systems": {"rag": outcome(True), "mainrag": outcome(True)}}]) == []  # no paper filter
+
+
 class FlatBackend(ScriptedBackend):
     """Judges that cannot tell passages apart: the same log-odds for every one."""
 
@@ -349,6 +365,9 @@ def test_report_says_where_the_fallback_overruled_the_judges(tmp_path: Path, mon
     assert all("flat" in r["systems"]["mainrag"]["fallback"] for r in read_items(tmp_path / "out"))
     report = (tmp_path / "out" / "report.md").read_text()
     assert "- mainrag: 2 of 2 questions; on them mainrag 1 right, rag 1 right, main-rag 1 right" in report
+    # ... and the defaults against the paper's filter, paired (both right on France, wrong on Italy).
+    versus = report.split("Against the paper's filter (main-rag)")[1]
+    assert "- mainrag: equal by +0.000 (95% CI +0.000 to +0.000; +0 / −0 items, p = 1.00)" in versus
 
 
 def test_a_second_run_into_the_same_directory_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

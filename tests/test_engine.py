@@ -106,6 +106,22 @@ async def test_judges_that_cannot_tell_fall_back_to_the_retrievers_top(candidate
         assert (await rag.filter(question, docs)).fallback is None
 
 
+async def test_judges_first_reads_the_kept_documents_in_the_judges_order(candidates: tuple[str, list]) -> None:
+    """The retriever's voice helps decide what is kept; with ``judges_first`` the Final-Predictor
+    reads the kept documents by the judges' consensus alone, not by the voice-weighted score."""
+    question, docs = candidates
+    settings = {"backend": TINY, "retriever_weight": 4.0, "n": 5.0, "fallback": {"enabled": False}}
+    async with MainRAG(**settings, final_order="judges_first") as rag:
+        result = await rag.answer(question, docs)
+    kept = result.filter.kept
+    assert len(kept) == len(docs)  # n = 5 keeps every document
+    by_judges = [d.id for d in sorted(kept, key=lambda d: (-d.judged, d.retriever_rank))]
+    assert result.citations == by_judges
+    assert [d.judged for d in kept] != sorted((d.judged for d in kept), reverse=True)  # the voice reordered
+    async with MainRAG(**settings) as rag:  # best_first: the voice-weighted score
+        assert (await rag.answer(question, docs)).citations == [d.id for d in kept]
+
+
 def record_generations(rag: MainRAG, monkeypatch: pytest.MonkeyPatch) -> list[Prompt]:
     """Every prompt the backend is asked to generate from (the real model still answers)."""
     prompts: list[Prompt] = []

@@ -154,3 +154,8 @@ def test_final_order() -> None:
     assert final_order([3, 0, 2], "best_first") == [3, 0, 2]
     assert final_order([3, 0, 2], "best_last") == [2, 0, 3]
     assert final_order([3, 0, 2], "retriever") == [0, 2, 3]
+    # judges_first: by the judges' consensus alone, unscored last, ties by position
+    judged = {3: 0.1, 0: -1.0, 2: 0.9, 5: None, 4: 0.1}
+    assert final_order([3, 0, 2, 5, 4], "judges_first", judged) == [2, 3, 4, 0, 5]
+    with pytest.raises(ValueError, match="judges' consensus"):
+        final_order([3, 0], "judges_first")

@@ -67,6 +67,40 @@ def bootstrap_ci(values: list[float], *, rounds: int = 2000) -> tuple[float, flo
     return float(lo), float(hi)
 
 
+class Paired(BaseModel):
+    """One system against another over the same items."""
+
+    delta: float  # accuracy difference
+    ci: tuple[float, float]  # 95% paired bootstrap interval of the difference
+    wins: int  # items right where the other was wrong
+    losses: int
+
+    def line(self, name: str) -> str:
+        verdict = "better" if self.delta > 0 else "worse" if self.delta < 0 else "equal"
+        return (f"- {name}: {verdict} by {self.delta:+.3f} (95% CI {self.ci[0]:+.3f} to {self.ci[1]:+.3f}; "
+                f"+{self.wins} / −{self.losses} items, p = {sign_test_p(self.wins, self.losses):.2f})")
+
+
+def paired(per: list[dict[str, Any]], base: list[dict[str, Any]]) -> Paired:
+    """A system's per-item outcomes against a baseline's on the same items. Resampling the
+    items' differences keeps the pairing: far narrower than two separate intervals."""
+    diff = [p["metric"] - g["metric"] for p, g in zip(per, base, strict=True)]
+    return Paired(delta=float(np.mean(diff)), ci=bootstrap_ci(diff),
+                  wins=sum(p["correct"] and not g["correct"] for p, g in zip(per, base, strict=True)),
+                  losses=sum(g["correct"] and not p["correct"] for p, g in zip(per, base, strict=True)))
+
+
+def versus_paper(rows: list[dict[str, Any]]) -> list[str]:
+    """mainrag's configurations against the paper's filter (main-rag), paired, where both ran."""
+    both = [r["systems"] for r in rows if "main-rag" in r["systems"]]
+    names = [n for n in (both[0] if both else {}) if n.startswith("mainrag") and all(n in x for x in both)]
+    if not names:
+        return []
+    base = [x["main-rag"] for x in both]
+    return ["", "Against the paper's filter (main-rag), paired over the same items, exact sign test:", "",
+            *(paired([x[n] for x in both], base).line(n) for n in names)]
+
+
 def summarise(out_dir: Path) -> Summary:
     info = read_info(out_dir)
     rows = read_items(out_dir)
@@ -82,7 +116,7 @@ def summarise(out_dir: Path) -> Summary:
         metric = [p["metric"] for p in per]
         latency = np.array([p["latency"] for p in per])
         rag = [r["systems"].get("rag") for r in rows if name in r["systems"]]
-        paired = name != "rag" and all(x is not None for x in rag)
+        vs_rag = paired(per, rag) if name != "rag" and all(x is not None for x in rag) else None
         systems[name] = SystemSummary(
             items=len(per),
             accuracy=float(np.mean(metric)),
@@ -94,11 +128,9 @@ def summarise(out_dir: Path) -> Summary:
             recall=_mean([p["recall"] for p in per]),
             auc=_mean([p["auc"] for p in per]),
             auc_items=sum(p["auc"] is not None for p in per),
-            wins_vs_rag=sum(p["correct"] and not g["correct"] for p, g in zip(per, rag, strict=True)) if paired else None,
-            losses_vs_rag=sum(g["correct"] and not p["correct"] for p, g in zip(per, rag, strict=True)) if paired else None,
-            # Resampling the items' differences keeps the pairing: far narrower than two separate intervals.
-            delta_ci_vs_rag=bootstrap_ci([p["metric"] - g["metric"] for p, g in zip(per, rag, strict=True)])
-            if paired else None,
+            wins_vs_rag=None if vs_rag is None else vs_rag.wins,
+            losses_vs_rag=None if vs_rag is None else vs_rag.losses,
+            delta_ci_vs_rag=None if vs_rag is None else vs_rag.ci,
             calls=float(np.mean([p["calls"] for p in per])),
             prompt_tokens=float(np.mean([p["prompt_tokens"] for p in per])),
             completion_tokens=float(np.mean([p["completion_tokens"] for p in per])),
@@ -239,14 +271,11 @@ def markdown(summary: Summary, rows: list[dict[str, Any]] | None = None) -> str:
     if rag is not None:
         lines += ["", f"Against plain rag ({rag.accuracy:.3f}), paired over the same items, exact sign test:", ""]
         for name, s in summary.systems.items():
-            if s.wins_vs_rag is None or name == "closed-book":
+            if s.wins_vs_rag is None or s.losses_vs_rag is None or s.delta_ci_vs_rag is None or name == "closed-book":
                 continue
-            delta = s.accuracy - rag.accuracy
-            verdict = "better" if delta > 0 else "worse" if delta < 0 else "equal"
-            ci = "" if s.delta_ci_vs_rag is None else (
-                f"95% CI {s.delta_ci_vs_rag[0]:+.3f} to {s.delta_ci_vs_rag[1]:+.3f}; ")
-            lines.append(f"- {name}: {verdict} by {delta:+.3f} ({ci}+{s.wins_vs_rag} / −{s.losses_vs_rag} items, "
-                         f"p = {sign_test_p(s.wins_vs_rag, s.losses_vs_rag or 0):.2f})")
+            lines.append(Paired(delta=s.accuracy - rag.accuracy, ci=s.delta_ci_vs_rag, wins=s.wins_vs_rag,
+                                losses=s.losses_vs_rag).line(name))
+    lines += versus_paper(rows or [])
     for name in DISAGREEMENT_SYSTEMS:
         if name in summary.systems:
             lines += disagreement_table(rows or [], name)
