@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 from mainrag.threshold import Bar
 
@@ -67,6 +67,7 @@ class ScoredDocument(BaseModel):
     def censored(self) -> bool:
         return any(j.censored for j in self.judges.values())
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def judged(self) -> float | None:
         """The judges' consensus alone: the mean of their z-scores, the retriever's voice left out."""
