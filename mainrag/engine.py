@@ -23,7 +23,7 @@ from mainrag.guard import suspicions
 from mainrag.prompts import judge_template
 from mainrag.results import AnswerResult, FilterResult, JudgeScore, ScoredDocument, Usage
 from mainrag.retrieval import Retriever
-from mainrag.threshold import Decision, decide, final_order
+from mainrag.threshold import Decision, decide
 
 T = TypeVar("T")
 logger = logging.getLogger("mainrag")
@@ -159,10 +159,7 @@ class MainRAG:
                 with _timed(timings, "retrieve"):
                     documents = await self.retriever.retrieve(query, self.settings.top_k)
             filtered = await self.filter(query, documents)
-            by_rank = {d.retriever_rank: d for d in filtered.kept}
-            judged = {r: d.judged for r, d in by_rank.items()}
-            ranks = final_order(list(by_rank), self.settings.final_order, judged)
-            kept = [Document(id=d.id, text=d.text, title=d.title) for d in (by_rank[r] for r in ranks)]
+            kept = [Document(id=d.id, text=d.text, title=d.title) for d in filtered.in_order(self.settings.final_order)]
             with _timed(timings, "final"):
                 gen = await self.final_predictor.answer(query, kept)
         caps = self.final_predictor.caps(kept)

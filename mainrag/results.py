@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, computed_field
 
-from mainrag.threshold import Bar
+from mainrag.threshold import Bar, FinalOrder, final_order
 
 
 class Usage(BaseModel):
@@ -89,6 +89,12 @@ class FilterResult(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)  # seconds per stage
     usage: Usage = Field(default_factory=Usage)
     stages: dict[str, Usage] = Field(default_factory=dict)  # predict, judge: tokens per stage
+
+    def in_order(self, order: FinalOrder) -> list[ScoredDocument]:
+        """The kept documents in the order a generator reads them (``Settings.final_order``)."""
+        by_rank = {d.retriever_rank: d for d in self.kept}
+        ranks = final_order(list(by_rank), order, {r: d.judged for r, d in by_rank.items()})
+        return [by_rank[r] for r in ranks]
 
 
 class AnswerResult(BaseModel):

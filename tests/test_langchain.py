@@ -28,6 +28,7 @@ from mainrag.engine import MainRAG
 from mainrag.errors import ConfigError
 from mainrag.integrations.langchain import MainRAGCompressor, MainRAGRetriever, MiniLMEmbeddings
 from mainrag.retrieval import ChromaRetriever
+from mainrag.threshold import Fallback
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -178,6 +179,20 @@ async def test_compressor_in_contextual_compression_retriever_async(rag: MainRAG
     retriever = ContextualCompressionRetriever(base_compressor=MainRAGCompressor(rag=rag), base_retriever=base)
     check_kept(await retriever.ainvoke(QUESTION), rag, {d.id for d in await base.ainvoke(QUESTION)})
     assert await MainRAGCompressor(rag=rag).acompress_documents([], QUESTION) == []
+
+
+def test_the_compressor_returns_the_kept_documents_in_the_final_order(rag: MainRAG, vectorstore: Chroma) -> None:
+    """``final_order`` reaches LangChain too: the user's generator reads what the Final-Predictor would."""
+    base = vectorstore.as_retriever(search_kwargs={"k": K})
+    candidates = base.invoke(QUESTION)
+    keep_all = {"n": 5.0, "fallback": Fallback(enabled=False)}
+    for order, key, descending in [("best_last", "relevance_score", False), ("judges_first", "judge_scores", True)]:
+        engine = MainRAG(rag.settings.model_copy(update={**keep_all, "final_order": order}))
+        docs = MainRAGCompressor(rag=engine).compress_documents(candidates, QUESTION)
+        engine.close()
+        assert len(docs) == len(candidates)
+        values = [d.metadata[key] if key == "relevance_score" else d.metadata[key][engine.judges[0].name] for d in docs]
+        assert values == sorted(values, reverse=descending), order  # one judge: judges first is its order
 
 
 def test_retriever_needs_exactly_one_source(rag: MainRAG, vectorstore: Chroma, collection: ChromaRetriever) -> None:

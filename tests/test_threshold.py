@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mainrag.threshold import Fallback, decide, final_order, retriever_voice
+from mainrag.results import FilterResult, JudgeScore, ScoredDocument
+from mainrag.threshold import Bar, Fallback, decide, final_order, retriever_voice
 
 scores_1d = st.lists(
     st.floats(min_value=-30, max_value=30, allow_nan=False, allow_infinity=False), min_size=1, max_size=25
@@ -159,3 +160,17 @@ def test_final_order() -> None:
     assert final_order([3, 0, 2, 5, 4], "judges_first", judged) == [2, 3, 4, 0, 5]
     with pytest.raises(ValueError, match="judges' consensus"):
         final_order([3, 0], "judges_first")
+
+
+def test_a_filter_result_reads_its_kept_documents_in_any_final_order() -> None:
+    """Kept best first by the voice-weighted score; the judges alone rank them the other way."""
+    def doc(rank: int, score: float, z: list[float | None]) -> ScoredDocument:
+        judges = {f"j{i}": JudgeScore(score=v, z=v) for i, v in enumerate(z)}
+        return ScoredDocument(id=f"d{rank}", text="", score=score, judges=judges, retriever_rank=rank, kept=True)
+
+    kept = [doc(1, 0.9, [-0.5, -0.3]), doc(2, 0.1, [0.6, None]), doc(3, -0.2, [0.4, 0.6])]
+    result = FilterResult(query="q", kept=kept, dropped=[], bar=Bar(tau=-1.0, mean=0.0, std=1.0, n=0.0), judges=["j0", "j1"])
+    ids = {order: [d.id for d in result.in_order(order)] for order in ("best_first", "judges_first", "best_last", "retriever")}
+    assert ids == {"best_first": ["d1", "d2", "d3"], "judges_first": ["d2", "d3", "d1"],
+                   "best_last": ["d3", "d2", "d1"], "retriever": ["d1", "d2", "d3"]}
+    assert [d.judged for d in kept] == pytest.approx([-0.4, 0.6, 0.5])  # the mean of the judges that answered

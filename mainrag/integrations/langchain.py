@@ -8,7 +8,8 @@ scored, ordered documents.
 * :class:`MiniLMEmbeddings` is mainrag's offline embedding model as LangChain
   ``Embeddings`` (e.g. for ``langchain_chroma.Chroma``).
 
-Each returned Document is the input one, in score order, with metadata added:
+Each returned Document is the input one, in the order of ``final_order`` (by default
+best first: score order), with metadata added:
 ``relevance_score`` (the score the bar applied), ``judge_scores`` (every judge's
 log-odds by judge name), ``predicted_answer`` (the Predictor's answer from that
 document alone), ``mainrag_rank`` and ``retriever_rank`` (1-based).
@@ -38,6 +39,7 @@ from mainrag.engine import MainRAG
 from mainrag.errors import ConfigError
 from mainrag.results import FilterResult
 from mainrag.retrieval import ChromaRetriever
+from mainrag.threshold import FinalOrder
 
 __all__ = ["MainRAGCompressor", "MainRAGRetriever", "MiniLMEmbeddings", "from_langchain", "kept_documents"]
 
@@ -111,10 +113,13 @@ async def atrace(manager: AsyncCallbackManager, result: FilterResult) -> None:
         await (await manager.on_chain_start(None, inputs, name=name)).on_chain_end(outputs)
 
 
-def kept_documents(result: FilterResult, originals: Sequence[LCDocument]) -> list[LCDocument]:
-    """The kept inputs, best first, with every score in their metadata."""
+def kept_documents(
+    result: FilterResult, originals: Sequence[LCDocument], order: FinalOrder = "best_first"
+) -> list[LCDocument]:
+    """The kept inputs in the order the generator should read them (``Settings.final_order``:
+    by default best first), with every score in their metadata."""
     kept = []
-    for d in result.kept:
+    for d in result.in_order(order):
         original = originals[d.retriever_rank - 1]
         kept.append(original.model_copy(update={"metadata": {
             **original.metadata,
@@ -171,7 +176,7 @@ class MainRAGRetriever(BaseRetriever):
             return []
         result = self.rag.filter_sync(query, from_langchain(candidates))
         trace(run_manager.get_child(), result)
-        return kept_documents(result, candidates)
+        return kept_documents(result, candidates, self.rag.settings.final_order)
 
     async def _aget_relevant_documents(
         self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun
@@ -185,11 +190,11 @@ class MainRAGRetriever(BaseRetriever):
             return []
         result = await self.rag.filter(query, from_langchain(candidates))
         await atrace(run_manager.get_child(), result)
-        return kept_documents(result, candidates)
+        return kept_documents(result, candidates, self.rag.settings.final_order)
 
 
 class MainRAGCompressor(BaseDocumentCompressor):
-    """Keeps the documents MAIN-RAG's judges accept, best first (for
+    """Keeps the documents MAIN-RAG's judges accept, in ``final_order`` (for
     ``ContextualCompressionRetriever(base_compressor=..., base_retriever=...)``)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -203,7 +208,7 @@ class MainRAGCompressor(BaseDocumentCompressor):
             return []
         result = self.rag.filter_sync(query, from_langchain(documents))
         trace(CallbackManager.configure(callbacks), result)
-        return kept_documents(result, documents)
+        return kept_documents(result, documents, self.rag.settings.final_order)
 
     async def acompress_documents(
         self, documents: Sequence[LCDocument], query: str, callbacks: Callbacks | None = None
@@ -212,4 +217,4 @@ class MainRAGCompressor(BaseDocumentCompressor):
             return []
         result = await self.rag.filter(query, from_langchain(documents))
         await atrace(AsyncCallbackManager.configure(callbacks), result)
-        return kept_documents(result, documents)
+        return kept_documents(result, documents, self.rag.settings.final_order)
