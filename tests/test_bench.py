@@ -362,6 +362,8 @@ def test_report_says_where_the_fallback_overruled_the_judges(tmp_path: Path, mon
     assert asyncio.run(Runner(config, Settings(), tmp_path / "out", resume=False, data=data, progress=False).run()) == 2
     summary = write_report(tmp_path / "out")
     assert summary.systems["mainrag"].fallbacks == 2 and summary.systems["main-rag"].fallbacks == 0  # the paper's never
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())["systems"]
+    assert saved["rag"]["vs_rag"] is None and saved["mainrag"]["vs_rag"]["wins"] == saved["mainrag"]["vs_rag"]["losses"] == 0
     assert all("flat" in r["systems"]["mainrag"]["fallback"] for r in read_items(tmp_path / "out"))
     report = (tmp_path / "out" / "report.md").read_text()
     assert "- mainrag: 2 of 2 questions; on them mainrag 1 right, rag 1 right, main-rag 1 right" in report

@@ -23,6 +23,20 @@ SCORE_SIGNALS = {"judge": "paper judge (log-odds)", "judge-prefix": "prefix-layo
                  "judge-only": "judge-only (log-odds)"}
 
 
+class Paired(BaseModel):
+    """One system against another over the same items."""
+
+    delta: float  # accuracy difference
+    ci: tuple[float, float]  # 95% paired bootstrap interval of the difference
+    wins: int  # items right where the other was wrong
+    losses: int
+
+    def line(self, name: str) -> str:
+        verdict = "better" if self.delta > 0 else "worse" if self.delta < 0 else "equal"
+        return (f"- {name}: {verdict} by {self.delta:+.3f} (95% CI {self.ci[0]:+.3f} to {self.ci[1]:+.3f}; "
+                f"+{self.wins} / −{self.losses} items, p = {sign_test_p(self.wins, self.losses):.2f})")
+
+
 class SystemSummary(BaseModel):
     items: int
     accuracy: float  # the paper's metric, mean over items
@@ -34,9 +48,7 @@ class SystemSummary(BaseModel):
     recall: float | None
     auc: float | None  # mean per-question ROC-AUC of the system's scores vs "holds a gold answer"
     auc_items: int
-    wins_vs_rag: int | None  # items this system got right and rag wrong
-    losses_vs_rag: int | None
-    delta_ci_vs_rag: tuple[float, float] | None = None  # 95% paired bootstrap interval of accuracy - rag's
+    vs_rag: Paired | None = None  # paired against rag over the same items (None: rag itself, or rag not run)
     calls: float  # per query
     prompt_tokens: float
     completion_tokens: float
@@ -65,20 +77,6 @@ def bootstrap_ci(values: list[float], *, rounds: int = 2000) -> tuple[float, flo
     means = x[rng.integers(0, x.size, size=(rounds, x.size))].mean(axis=1)
     lo, hi = np.percentile(means, [2.5, 97.5])
     return float(lo), float(hi)
-
-
-class Paired(BaseModel):
-    """One system against another over the same items."""
-
-    delta: float  # accuracy difference
-    ci: tuple[float, float]  # 95% paired bootstrap interval of the difference
-    wins: int  # items right where the other was wrong
-    losses: int
-
-    def line(self, name: str) -> str:
-        verdict = "better" if self.delta > 0 else "worse" if self.delta < 0 else "equal"
-        return (f"- {name}: {verdict} by {self.delta:+.3f} (95% CI {self.ci[0]:+.3f} to {self.ci[1]:+.3f}; "
-                f"+{self.wins} / −{self.losses} items, p = {sign_test_p(self.wins, self.losses):.2f})")
 
 
 def paired(per: list[dict[str, Any]], base: list[dict[str, Any]]) -> Paired:
@@ -128,9 +126,7 @@ def summarise(out_dir: Path) -> Summary:
             recall=_mean([p["recall"] for p in per]),
             auc=_mean([p["auc"] for p in per]),
             auc_items=sum(p["auc"] is not None for p in per),
-            wins_vs_rag=None if vs_rag is None else vs_rag.wins,
-            losses_vs_rag=None if vs_rag is None else vs_rag.losses,
-            delta_ci_vs_rag=None if vs_rag is None else vs_rag.ci,
+            vs_rag=vs_rag,
             calls=float(np.mean([p["calls"] for p in per])),
             prompt_tokens=float(np.mean([p["prompt_tokens"] for p in per])),
             completion_tokens=float(np.mean([p["completion_tokens"] for p in per])),
@@ -261,7 +257,7 @@ def markdown(summary: Summary, rows: list[dict[str, Any]] | None = None) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in summary.systems.items():
-        vs = "–" if s.wins_vs_rag is None else f"+{s.wins_vs_rag} / −{s.losses_vs_rag}"
+        vs = "–" if s.vs_rag is None else f"+{s.vs_rag.wins} / −{s.vs_rag.losses}"
         lines.append(
             f"| {name} | {s.accuracy:.3f} | {s.accuracy_ci[0]:.2f}–{s.accuracy_ci[1]:.2f} | {s.em:.3f} | {s.f1:.3f} | "
             f"{s.docs_kept:.1f} | {_f(s.precision)} | {_f(s.recall)} | {_f(s.auc)} ({s.auc_items}) | {vs} | "
@@ -270,11 +266,8 @@ def markdown(summary: Summary, rows: list[dict[str, Any]] | None = None) -> str:
     rag = summary.systems.get("rag")
     if rag is not None:
         lines += ["", f"Against plain rag ({rag.accuracy:.3f}), paired over the same items, exact sign test:", ""]
-        for name, s in summary.systems.items():
-            if s.wins_vs_rag is None or s.losses_vs_rag is None or s.delta_ci_vs_rag is None or name == "closed-book":
-                continue
-            lines.append(Paired(delta=s.accuracy - rag.accuracy, ci=s.delta_ci_vs_rag, wins=s.wins_vs_rag,
-                                losses=s.losses_vs_rag).line(name))
+        lines += [s.vs_rag.line(name) for name, s in summary.systems.items()
+                  if s.vs_rag is not None and name != "closed-book"]
     lines += versus_paper(rows or [])
     for name in DISAGREEMENT_SYSTEMS:
         if name in summary.systems:
