@@ -20,6 +20,9 @@ CLEAN=${CLEAN:-closed-book,rag,main-rag,judge-only,mainrag,mainrag-judges-first}
 # those answers comes from the call cache.
 ORDER=${ORDER:-rag,main-rag,mainrag,mainrag-judges-first}
 common=(--model "$MODEL" --threads "${THREADS:-2}" --resume --no-progress)
+# Every run of this issue began while best_first was the default, and --resume refuses other settings:
+# in all of them `mainrag` reads best first and `mainrag-judges-first` is today's default.
+export MAINRAG_FINAL_ORDER=best_first
 
 bench() {  # NAME DATASET LIMIT SYSTEMS [options]
   local name=$1 dataset=$2 limit=${LIMIT:-$3} systems=$4

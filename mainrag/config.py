@@ -138,7 +138,9 @@ class Settings(BaseSettings):
     # The injection screen (mainrag.guard) over each document and its Predictor answer: "drop" a
     # suspect whatever its scores, only "flag" it in the result, or "off".
     guard: GuardMode = "drop"
-    final_order: FinalOrder = "best_first"  # how the Final-Predictor reads the kept documents
+    # How the Final-Predictor reads the kept documents. judges_first: where the retriever is wrong, its
+    # voice would push the answer-bearing passage down the prompt (benchmarks/RESULTS.md, noise sweeps).
+    final_order: FinalOrder = "judges_first"
     # The judges' prompt: a name of mainrag.prompts.JUDGE_PROMPTS, another built-in template or a
     # TOML path. "paper" (document, question, answer), measured on PopQA (benchmarks/RESULTS.md),
     # ranks passages better with the default 1.5B judge; "prefix" is ~20% faster and better with

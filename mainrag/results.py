@@ -92,6 +92,8 @@ class FilterResult(BaseModel):
 
     def in_order(self, order: FinalOrder) -> list[ScoredDocument]:
         """The kept documents in the order a generator reads them (``Settings.final_order``)."""
+        if self.fallback and order == "judges_first":  # the judges were overruled: they order nothing
+            order = "retriever"
         by_rank = {d.retriever_rank: d for d in self.kept}
         ranks = final_order(list(by_rank), order, {r: d.judged for r, d in by_rank.items()})
         return [by_rank[r] for r in ranks]

@@ -35,8 +35,9 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, Field
 
 ConsensusMode = Literal["mean", "vote", "unanimous"]
-# best_first: by the consensus, the retriever's voice included; judges_first: by the judges' consensus
-# alone (the voice helps decide what is kept, not what is read first); best_last; retriever order.
+# judges_first (the default): by the judges' consensus alone (the voice helps decide what is kept, not
+# what is read first; after a fallback the judges are distrusted: retriever order); best_first: by the
+# consensus, the retriever's voice included; best_last; retriever order.
 FinalOrder = Literal["best_first", "judges_first", "best_last", "retriever"]
 
 # Scores equal in exact arithmetic can differ from their own mean by rounding.

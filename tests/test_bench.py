@@ -182,7 +182,8 @@ def test_noise_sweep_positions_share_their_calls(tmp_path: Path, monkeypatch: py
         config = RunConfig(dataset="triviaqa", data="", systems=["rag", "main-rag", "mainrag"], k=4,
                            model="scripted", gold_at=at)
         out = tmp_path / at
-        settings = Settings(retriever_weight=1.0)  # a voice strong enough to move mainrag's order with the gold
+        # A voice strong enough to move mainrag's order with the gold, read best first (voice included).
+        settings = Settings(retriever_weight=1.0, final_order="best_first")
         assert asyncio.run(Runner(config, settings, out, resume=False, data=data, progress=False,
                                   calls=calls).run()) == 2
         info = json.loads((out / "run.json").read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from needs import need_model
 
-from mainrag import AnswerResult, InputError, JudgeSettings, MainRAG
+from mainrag import AnswerResult, InputError, JudgeSettings, MainRAG, Settings
 from mainrag.backends.base import Prompt
 from mainrag.documents import Document, load_documents
 from mainrag.prompts import fence, fenced_documents
@@ -94,10 +94,11 @@ async def test_two_judges_vote_and_report_each_score(candidates: tuple[str, list
 
 async def test_judges_that_cannot_tell_fall_back_to_the_retrievers_top(candidates: tuple[str, list]) -> None:
     """Do no harm: a spread below min_std (here every spread) keeps the retriever's top
-    ``keep`` documents and says why; the Final-Predictor reads them in retriever order."""
+    ``keep`` documents and says why; the Final-Predictor reads them in retriever order, not in
+    the order of the judges it distrusts (the default judges_first)."""
     question, docs = candidates
     fallback = {"min_std": 1e6, "keep": 2}
-    async with MainRAG(backend=TINY, fallback=fallback, final_order="retriever", judge_prompt="judge-only") as rag:
+    async with MainRAG(backend=TINY, fallback=fallback, judge_prompt="judge-only") as rag:
         result = await rag.answer(question, docs)
     assert result.filter.fallback and "flat scores" in result.filter.fallback
     assert sorted(d.retriever_rank for d in result.filter.kept) == [1, 2]
@@ -111,13 +112,13 @@ async def test_judges_first_reads_the_kept_documents_in_the_judges_order(candida
     reads the kept documents by the judges' consensus alone, not by the voice-weighted score."""
     question, docs = candidates
     settings = {"backend": TINY, "retriever_weight": 4.0, "n": 5.0, "fallback": {"enabled": False}}
-    async with MainRAG(**settings, final_order="judges_first") as rag:
+    async with MainRAG(**settings) as rag:  # judges_first, the default
         result = await rag.answer(question, docs)
     kept = result.filter.kept
     assert len(kept) == len(docs)  # n = 5 keeps every document
     by_judges = [d.id for d in sorted(kept, key=lambda d: (-d.judged, d.retriever_rank))]
     assert result.citations == by_judges
-    async with MainRAG(**settings) as rag:  # best_first: the voice-weighted score
+    async with MainRAG(**settings, final_order="best_first") as rag:  # the voice-weighted score
         best = await rag.answer(question, docs)
     assert best.citations == [d.id for d in best.filter.kept]
 
@@ -135,14 +136,15 @@ def record_generations(rag: MainRAG, monkeypatch: pytest.MonkeyPatch) -> list[Pr
     return prompts
 
 
-def check_citations(result: AnswerResult, candidates: list[Document], prompts: list[Prompt], max_doc_chars: int) -> None:
+def check_citations(result: AnswerResult, candidates: list[Document], prompts: list[Prompt], settings: Settings) -> None:
     """The answer came from the kept documents, and only from them: the Final-Predictor's
-    prompt holds exactly the cited documents, numbered in citation order ([i] = citations[i-1]),
-    and no dropped one. (``citations == kept ids`` alone is true by construction.)"""
+    prompt holds exactly the cited documents, numbered in citation order ([i] = citations[i-1],
+    the kept documents in ``final_order``), and no dropped one."""
+    final_order, max_doc_chars = settings.final_order, settings.max_doc_chars
     finals = [p[-1].content for p in prompts if "Document [1]: <document>" in p[-1].content]
     assert len(finals) == 1, "one Final-Predictor prompt"
     by_id = {d.id: d for d in candidates}
-    kept_ids = [d.id for d in result.filter.kept]
+    kept_ids = [d.id for d in result.filter.in_order(final_order)]
     assert result.citations == kept_ids and result.citations and set(kept_ids) <= set(by_id)
     assert fenced_documents([by_id[i] for i in result.citations], max_doc_chars) in finals[0]
     assert finals[0].count("<document>") == len(result.citations)
@@ -157,7 +159,7 @@ async def test_answer_cites_the_kept_documents(candidates: tuple[str, list], mon
         result = await rag.answer(question, docs)
     assert result.answer.strip()
     assert result.filter.dropped, "a dropped document, or its absence from the prompt proves nothing"
-    check_citations(result, docs, prompts, rag.settings.max_doc_chars)
+    check_citations(result, docs, prompts, rag.settings)
     assert result.usage.calls == result.filter.usage.calls + 1
 
 

@@ -38,7 +38,8 @@ K = 3
 
 @pytest.fixture(scope="module")
 def rag() -> Iterator[MainRAG]:
-    engine = MainRAG(Settings.load(backend={"kind": "local", "model": "smollm2-135m"}, top_k=K))
+    # The fallback off: check_kept reads the judges' order (the fallback's own tests: test_engine.py).
+    engine = MainRAG(Settings.load(backend={"kind": "local", "model": "smollm2-135m"}, top_k=K, fallback={"enabled": False}))
     yield engine
     engine.close()
 
@@ -64,12 +65,16 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> ChromaRetriever:
 
 
 def check_kept(docs: list[LCDocument], rag: MainRAG, candidates: set[str]) -> None:
-    """Kept documents: from the candidates, best first, every score in metadata."""
+    """Kept documents: from the candidates, in ``final_order``, every score in metadata."""
     assert docs, "the bar keeps at least one document (min_keep=1)"
     assert {d.id for d in docs} <= candidates
-    scores = [d.metadata["relevance_score"] for d in docs]
+    assert sorted(d.metadata["mainrag_rank"] for d in docs) == list(range(1, len(docs) + 1))
+    assert rag.settings.final_order in ("judges_first", "best_first") and len(rag.judges) == 1
+    if rag.settings.final_order == "judges_first":  # one judge: its own scores' order
+        scores = [d.metadata["judge_scores"][rag.judges[0].name] for d in docs]
+    else:
+        scores = [d.metadata["relevance_score"] for d in docs]
     assert scores == sorted(scores, reverse=True)
-    assert [d.metadata["mainrag_rank"] for d in docs] == list(range(1, len(docs) + 1))
     for d in docs:
         assert set(d.metadata["judge_scores"]) == {j.name for j in rag.judges}
         assert all(isinstance(s, float) for s in d.metadata["judge_scores"].values())
@@ -186,7 +191,9 @@ def test_the_compressor_returns_the_kept_documents_in_the_final_order(rag: MainR
     base = vectorstore.as_retriever(search_kwargs={"k": K})
     candidates = base.invoke(QUESTION)
     keep_all = {"n": 5.0, "fallback": Fallback(enabled=False)}
-    for order, key, descending in [("best_last", "relevance_score", False), ("judges_first", "judge_scores", True)]:
+    orders = [("best_first", "relevance_score", True), ("best_last", "relevance_score", False),
+              ("judges_first", "judge_scores", True)]
+    for order, key, descending in orders:
         engine = MainRAG(rag.settings.model_copy(update={**keep_all, "final_order": order}))
         docs = MainRAGCompressor(rag=engine).compress_documents(candidates, QUESTION)
         engine.close()

@@ -215,7 +215,7 @@ def test_rag_answer_retrieves_filters_and_cites(store: ChromaStore, monkeypatch:
     assert len(f.kept) + len(f.dropped) == 3
     assert {d.id for d in f.kept + f.dropped} == {d.id for d in retrieved}
     # The answer was written from the cited (kept) passages and no other.
-    check_citations(result, retrieved, prompts, rag.settings.max_doc_chars)
+    check_citations(result, retrieved, prompts, rag.settings)
     assert result.answer.strip()
     assert "retrieve" in result.timings
     assert all("retriever_score" in d.metadata for d in f.kept)

@@ -174,3 +174,7 @@ def test_a_filter_result_reads_its_kept_documents_in_any_final_order() -> None:
     assert ids == {"best_first": ["d1", "d2", "d3"], "judges_first": ["d2", "d3", "d1"],
                    "best_last": ["d3", "d2", "d1"], "retriever": ["d1", "d2", "d3"]}
     assert [d.judged for d in kept] == pytest.approx([-0.4, 0.6, 0.5])  # the mean of the judges that answered
+    # After a fallback the judges are overruled: judges_first reads the retriever's order.
+    overruled = result.model_copy(update={"fallback": "flat scores"})
+    assert [d.id for d in overruled.in_order("judges_first")] == ["d1", "d2", "d3"]
+    assert [d.id for d in overruled.in_order("best_last")] == ["d3", "d2", "d1"]

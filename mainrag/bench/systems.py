@@ -47,8 +47,8 @@ MAIN_RAG_LAYOUTS = {"main-rag-prefix": "prefix", "main-rag-conversation": "conve
 # mainrag as configured (the settings' retriever voice, fallback and final order: by default the
 # library's defaults), and the same filter with the kept passages read in another order.
 MAINRAG_ORDERS: dict[str, FinalOrder | None] = {
-    "mainrag": None, "mainrag-judges-first": "judges_first", "mainrag-best-last": "best_last",
-    "mainrag-retriever-order": "retriever",
+    "mainrag": None, "mainrag-judges-first": "judges_first", "mainrag-best-first": "best_first",
+    "mainrag-best-last": "best_last", "mainrag-retriever-order": "retriever",
 }  # fmt: skip
 SYSTEMS: tuple[str, ...] = (
     "closed-book", "rag", "llm-filter", "embedding-filter", *MAIN_RAG_N, *MAIN_RAG_LAYOUTS, "judge-only",

@@ -9,7 +9,7 @@ scored, ordered documents.
   ``Embeddings`` (e.g. for ``langchain_chroma.Chroma``).
 
 Each returned Document is the input one, in the order of ``final_order`` (by default
-best first: score order), with metadata added:
+the judges' order), with metadata added:
 ``relevance_score`` (the score the bar applied), ``judge_scores`` (every judge's
 log-odds by judge name), ``predicted_answer`` (the Predictor's answer from that
 document alone), ``mainrag_rank`` and ``retriever_rank`` (1-based).
@@ -114,10 +114,10 @@ async def atrace(manager: AsyncCallbackManager, result: FilterResult) -> None:
 
 
 def kept_documents(
-    result: FilterResult, originals: Sequence[LCDocument], order: FinalOrder = "best_first"
+    result: FilterResult, originals: Sequence[LCDocument], order: FinalOrder
 ) -> list[LCDocument]:
-    """The kept inputs in the order the generator should read them (``Settings.final_order``:
-    by default best first), with every score in their metadata."""
+    """The kept inputs in the order the generator should read them (``Settings.final_order``),
+    with every score in their metadata."""
     kept = []
     for d in result.in_order(order):
         original = originals[d.retriever_rank - 1]
