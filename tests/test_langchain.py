@@ -38,8 +38,7 @@ K = 3
 
 @pytest.fixture(scope="module")
 def rag() -> Iterator[MainRAG]:
-    # The fallback off: check_kept reads the judges' order (the fallback's own tests: test_engine.py).
-    engine = MainRAG(Settings.load(backend={"kind": "local", "model": "smollm2-135m"}, top_k=K, fallback={"enabled": False}))
+    engine = MainRAG(Settings.load(backend={"kind": "local", "model": "smollm2-135m"}, top_k=K))
     yield engine
     engine.close()
 
@@ -70,7 +69,11 @@ def check_kept(docs: list[LCDocument], rag: MainRAG, candidates: set[str]) -> No
     assert {d.id for d in docs} <= candidates
     assert sorted(d.metadata["mainrag_rank"] for d in docs) == list(range(1, len(docs) + 1))
     assert rag.settings.final_order in ("judges_first", "best_first") and len(rag.judges) == 1
-    if rag.settings.final_order == "judges_first":  # one judge: its own scores' order
+    overruled = {d.metadata.get("fallback") for d in docs}
+    assert len(overruled) == 1  # the whole result's, on every document or on none
+    if rag.settings.final_order == "judges_first" and overruled != {None}:  # the judges are distrusted
+        scores = [-d.metadata["retriever_rank"] for d in docs]
+    elif rag.settings.final_order == "judges_first":  # one judge: its own scores' order
         scores = [d.metadata["judge_scores"][rag.judges[0].name] for d in docs]
     else:
         scores = [d.metadata["relevance_score"] for d in docs]
@@ -200,6 +203,18 @@ def test_the_compressor_returns_the_kept_documents_in_the_final_order(rag: MainR
         assert len(docs) == len(candidates)
         values = [d.metadata[key] if key == "relevance_score" else d.metadata[key][engine.judges[0].name] for d in docs]
         assert values == sorted(values, reverse=descending), order  # one judge: judges first is its order
+
+
+def test_a_fallback_shows_in_the_metadata_and_reads_in_retriever_order(rag: MainRAG, vectorstore: Chroma) -> None:
+    """Judges overruled (every spread "flat"): the chain gets the retriever's top documents in its
+    order, not the distrusted judges', and each says why."""
+    candidates = vectorstore.as_retriever(search_kwargs={"k": K}).invoke(QUESTION)
+    engine = MainRAG(rag.settings.model_copy(update={"fallback": Fallback(min_std=1e6, keep=2)}))
+    docs = MainRAGCompressor(rag=engine).compress_documents(candidates, QUESTION)
+    engine.close()
+    assert [d.id for d in docs] == [d.id for d in candidates[:2]]
+    assert all("flat scores" in d.metadata["fallback"] for d in docs)
+    check_kept(docs, engine, {d.id for d in candidates})
 
 
 def test_retriever_needs_exactly_one_source(rag: MainRAG, vectorstore: Chroma, collection: ChromaRetriever) -> None:

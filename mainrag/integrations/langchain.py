@@ -12,7 +12,8 @@ Each returned Document is the input one, in the order of ``final_order`` (by def
 the judges' order), with metadata added:
 ``relevance_score`` (the score the bar applied), ``judge_scores`` (every judge's
 log-odds by judge name), ``predicted_answer`` (the Predictor's answer from that
-document alone), ``mainrag_rank`` and ``retriever_rank`` (1-based).
+document alone), ``mainrag_rank`` and ``retriever_rank`` (1-based); ``fallback`` (why the
+retriever's top documents were kept instead) only when the judges were overruled.
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def kept_documents(
             "mainrag_rank": d.rank,
             "retriever_rank": d.retriever_rank,
             **({"suspicions": d.suspicions} if d.suspicions else {}),
+            **({"fallback": result.fallback} if result.fallback else {}),
         }}))
     return kept
 
