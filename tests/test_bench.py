@@ -124,6 +124,11 @@ def test_runner_and_report_with_scripted_backend(tmp_path: Path, monkeypatch: py
     # Extending the limit on resume runs only the new item.
     runner = Runner(config.model_copy(), Settings(), tmp_path / "out", resume=True, limit=3, data=data, progress=False)
     assert asyncio.run(runner.run()) == 1
+    sessions = json.loads((tmp_path / "out" / "run.json").read_text())["sessions"]
+    assert len(sessions) == 2  # the start and the resume
+    runner = Runner(config.model_copy(), Settings(), tmp_path / "out", resume=True, limit=3, data=data, progress=False)
+    assert asyncio.run(runner.run()) == 0
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["sessions"] == sessions  # nothing to do: no session
     summary = write_report(tmp_path / "out")
     assert summary.items == 3 and set(summary.systems) == set(DEFAULT_SYSTEMS)
     assert summary.systems["main-rag"].accuracy == 1.0 and summary.systems["main-rag"].precision == 1.0

@@ -310,7 +310,8 @@ class Runner:
             await models.aclose()  # finished items used other prompts: mixing them would mislead
             raise ConfigError(f"the prompts changed since this run started (sha256 {self.previous_prompts[:12]}… -> "
                               f"{agents.prompts_hash()[:12]}…); start a new --out")
-        self._write_info(agents)
+        if todo or not self.sessions:  # a resume with nothing left to do is not a session of the run
+            self._write_info(agents)
         from tqdm import tqdm
 
         bar = tqdm(total=len(items), initial=len(items) - len(todo), unit="item", dynamic_ncols=True,
