@@ -29,6 +29,7 @@ from mainrag.documents import load_documents
 from mainrag.engine import MainRAG
 from mainrag.errors import ConfigError, InputError
 from mainrag.results import FilterResult, ScoredDocument
+from mainrag.threshold import Bar
 
 
 def build_settings(
@@ -70,12 +71,16 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:+.2f}"
 
 
+def bar_text(b: Bar) -> str:
+    """tau and how it was made; a negative n (the default) reads as a bar above the mean."""
+    sign = "−" if b.n >= 0 else "+"
+    return f"bar τ = {b.tau:+.3f} (mean {b.mean:+.3f} {sign} {abs(b.n):g}·std {b.std:.3f}, {b.mode})"
+
+
 def render_filter(result: FilterResult) -> None:
     """A readable table: kept first (best first), then dropped."""
-    b = result.bar
     out.print(
-        f"[bold]{len(result.kept)} kept[/] of {len(result.kept) + len(result.dropped)} · "
-        f"bar τ = {b.tau:+.3f} (mean {b.mean:+.3f} − {b.n:g}·std {b.std:.3f}, {b.mode}) · "
+        f"[bold]{len(result.kept)} kept[/] of {len(result.kept) + len(result.dropped)} · {bar_text(result.bar)} · "
         f"{result.usage.calls} LLM calls · {result.timings.get('total', 0):.1f}s"
     )
     # Table cells are rich markup: every untrusted text (ids, documents, answers, judge names) goes through safe().

@@ -16,7 +16,7 @@ BaseUrlOpt = Annotated[list[str] | None, typer.Option("--base-url", help="OpenAI
 ModelOpt = Annotated[str | None, typer.Option(help="Preset name or .gguf path (local); served model (openai).")]
 ConfigOpt = Annotated[Path | None, typer.Option(help="TOML settings file.")]
 JudgesOpt = Annotated[Path | None, typer.Option(help="TOML file of judges tables (consensus).")]
-NOpt = Annotated[float | None, typer.Option(help="Bar: tau = mean - n*std (paper: 0).")]
+NOpt = Annotated[float | None, typer.Option(help="Bar: tau = mean - n*std (the paper: 0; negative: above the mean).")]
 MinKeepOpt = Annotated[int | None, typer.Option(help="Keep at least this many.")]
 MaxKeepOpt = Annotated[int | None, typer.Option(help="Keep at most this many.")]
 ConsensusOpt = Annotated[Literal["mean", "vote", "unanimous"] | None, typer.Option(help="How judges agree.")]
