@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mainrag.cli.filtering import bar_text
+from mainrag.threshold import Bar
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "popqa_question.jsonl"
 
 
@@ -101,8 +104,5 @@ def test_markup_and_escapes_in_documents_print_as_text(tmp_path: Path) -> None:
 
 
 def test_the_bar_line_reads_a_negative_n_as_a_bar_above_the_mean() -> None:
-    from mainrag.cli.filtering import bar_text
-    from mainrag.threshold import Bar
-
     assert "(mean +0.200 + 0.25·std 0.400, mean)" in bar_text(Bar(tau=0.3, mean=0.2, std=0.4, n=-0.25))
     assert "(mean +0.200 − 0.5·std 0.400, mean)" in bar_text(Bar(tau=0.0, mean=0.2, std=0.4, n=0.5))
