@@ -5,12 +5,17 @@
 # Final-Predictor answer. Resumable like run_quality.sh, and not while that script writes the same
 # cache (the cache is locked; HOTPOT_LIMIT replays only the HotpotQA items finished so far):
 #   N=-0.25 nohup nice -n 10 bash benchmarks/run_bar.sh > bar.log 2>&1 &
+# ORDER replays the same bar in another reading order (best_first, best_last, retriever), into runs
+# named after it: ORDER=best_first N=-0.25 bash benchmarks/run_bar.sh
 cd "$(dirname "$0")/.."
 MAINRAG=${MAINRAG:-mainrag}
 MODEL=${MODEL:-qwen2.5-1.5b}
 OUT=${OUT:-benchmarks}
 N=${N:--0.25}
-export MAINRAG_N=$N MAINRAG_FINAL_ORDER=judges_first
+ORDER=${ORDER:-judges_first}
+export MAINRAG_N=$N MAINRAG_FINAL_ORDER=$ORDER
+tag=n$N  # e.g. n-0.25 (the default order) or n-0.25_best_first
+[ "$ORDER" = judges_first ] || tag+=_$ORDER
 common=(--model "$MODEL" --threads "${THREADS:-2}" --resume --no-progress --systems rag,main-rag,mainrag)
 
 bench() {  # NAME DATASET LIMIT CALLS [options]
@@ -22,7 +27,7 @@ bench() {  # NAME DATASET LIMIT CALLS [options]
 }
 
 popqa=$OUT/popqa_qwen1.5b.calls.jsonl
-bench "popqa_gold_last_n${N}_qwen1.5b" popqa 50 "$popqa" --gold-at last
-bench "popqa_gold_middle_n${N}_qwen1.5b" popqa 50 "$popqa" --gold-at middle
-bench "popqa100_n${N}_qwen1.5b" popqa 100 "$popqa"
-bench "hotpotqa100_n${N}_qwen1.5b" hotpotqa "${HOTPOT_LIMIT:-100}" "$OUT/hotpotqa100_qwen1.5b/calls.jsonl"
+bench "popqa_gold_last_${tag}_qwen1.5b" popqa 50 "$popqa" --gold-at last
+bench "popqa_gold_middle_${tag}_qwen1.5b" popqa 50 "$popqa" --gold-at middle
+bench "popqa100_${tag}_qwen1.5b" popqa 100 "$popqa"
+bench "hotpotqa100_${tag}_qwen1.5b" hotpotqa "${HOTPOT_LIMIT:-100}" "$OUT/hotpotqa100_qwen1.5b/calls.jsonl"
