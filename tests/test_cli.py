@@ -41,6 +41,17 @@ def test_answer_table_output() -> None:
     assert "Answer:" in r.stdout and "kept" in r.stdout and "τ" in r.stdout
 
 
+def test_the_table_lists_the_kept_passages_in_the_order_the_answer_read_them() -> None:
+    # Retriever order differs from the consensus rank the table used to follow (the judges reorder the kept).
+    r = mainrag("answer", str(EXAMPLE), "--model", "smollm2-135m", "--limit", "6", "--judge-prompt", "judge-only",
+                "--n", "1", env={"COLUMNS": "300", "MAINRAG_FINAL_ORDER": "retriever"})
+    assert r.returncode == 0, r.stderr
+    assert "listed as read: retriever" in r.stdout
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in r.stdout.splitlines() if "│ ✓" in line]
+    cited = r.stdout.split("cited:")[1].split()
+    assert len(rows) >= 2 and [row[5] for row in rows] == [c.rstrip(",") for c in cited]
+
+
 def test_user_mistakes_give_one_line_and_an_exit_code(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{oops\n")

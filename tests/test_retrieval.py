@@ -240,6 +240,9 @@ def test_ask_command_prints_answer_and_citations(tmp_path: Path) -> None:
     r = _mainrag(*args)
     assert r.returncode == 0, r.stderr
     assert "Answer:" in r.stdout and "[1]" in r.stdout and result["citations"][0] in r.stdout
+    listed = r.stdout.split("Answer:")[1]
+    positions = [listed.index(f"{c} · score") for c in result["citations"]]
+    assert positions == sorted(positions)  # listed in the order the Final-Predictor read them
 
 
 def test_ask_command_errors_are_one_line(tmp_path: Path) -> None:

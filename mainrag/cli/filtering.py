@@ -29,7 +29,7 @@ from mainrag.documents import load_documents
 from mainrag.engine import MainRAG
 from mainrag.errors import ConfigError, InputError
 from mainrag.results import FilterResult, ScoredDocument
-from mainrag.threshold import Bar
+from mainrag.threshold import Bar, FinalOrder
 
 
 def build_settings(
@@ -77,17 +77,18 @@ def bar_text(b: Bar) -> str:
     return f"bar τ = {b.tau:+.3f} (mean {b.mean:+.3f} {sign} {abs(b.n):g}·std {b.std:.3f}, {b.mode})"
 
 
-def render_filter(result: FilterResult) -> None:
-    """A readable table: kept first (best first), then dropped."""
+def render_filter(result: FilterResult, order: FinalOrder) -> None:
+    """A readable table: kept first, in the order a generator reads them (``order``), then dropped.
+    ``rank`` is the consensus's (judges and retriever), which ``judges_first`` need not follow."""
     out.print(
-        f"[bold]{len(result.kept)} kept[/] of {len(result.kept) + len(result.dropped)} · {bar_text(result.bar)} · "
-        f"{result.usage.calls} LLM calls · {result.timings.get('total', 0):.1f}s"
+        f"[bold]{len(result.kept)} kept[/] of {len(result.kept) + len(result.dropped)} (listed as read: {order}) · "
+        f"{bar_text(result.bar)} · {result.usage.calls} LLM calls · {result.timings.get('total', 0):.1f}s"
     )
     # Table cells are rich markup: every untrusted text (ids, documents, answers, judge names) goes through safe().
     voice = any(d.retriever_z is not None for d in result.kept + result.dropped)
     table = Table("rank", "keep", "score", *map(safe, result.judges), *(["retriever"] if voice else []),
                   "id", "document", "predicted answer")
-    for d in result.kept + result.dropped:
+    for d in result.in_order(order) + result.dropped:
         table.add_row(
             str(d.rank or ""), "✓" if d.kept else "✗", _fmt(d.score),
             *[_fmt(j.score) + ("*" if j.censored else "") if j.error is None else "failed" for j in d.judges.values()],
@@ -138,11 +139,11 @@ def run(
             if as_json:
                 print_json(result.model_dump_json(indent=2))
                 return
-            render_filter(result.filter)
+            render_filter(result.filter, settings.final_order)
             out.print(f"\n[bold]Answer:[/] {safe(result.answer)}\n[dim]cited: {safe(', '.join(result.citations))}[/]")
         else:
             filtered = rag.filter_sync(question, docs)
-            print_json(filtered.model_dump_json(indent=2)) if as_json else render_filter(filtered)
+            print_json(filtered.model_dump_json(indent=2)) if as_json else render_filter(filtered, settings.final_order)
     finally:
         rag.close()
 

@@ -30,6 +30,7 @@ from mainrag.cli.options import (
     NOpt,
 )
 from mainrag.errors import InputError
+from mainrag.threshold import FinalOrder
 
 if TYPE_CHECKING:
     from mainrag.chroma import ChromaStore
@@ -110,12 +111,12 @@ def collections_cmd(
     out.print(table if infos else f"no collections in {safe(store.settings.describe())}")
 
 
-def render_answer(result: AnswerResult, details: bool) -> None:
-    """The answer, then the kept documents it cites, best first."""
+def render_answer(result: AnswerResult, details: bool, order: FinalOrder) -> None:
+    """The answer, then the kept documents it cites, in the order it read them."""
     if details:
-        render_filter(result.filter)
+        render_filter(result.filter, order)
     out.print(f"\n[bold]Answer:[/] {safe(result.answer)}\n")
-    for doc in result.filter.kept:
+    for doc in result.filter.in_order(order):
         title = f"{doc.title}: " if doc.title else ""
         snippet = " ".join(clean(title + doc.text).split())
         out.print(
@@ -173,4 +174,4 @@ def ask_cmd(
     if as_json:
         print_json(result.model_dump_json(indent=2))
     else:
-        render_answer(result, details)
+        render_answer(result, details, settings.final_order)
