@@ -20,6 +20,7 @@ from mainrag.config import BackendSettings, JudgeSettings, Settings
 from mainrag.documents import Document, as_documents
 from mainrag.errors import BackendError, ConfigError, InputError, JudgeError, MainRAGError
 from mainrag.guard import suspicions
+from mainrag.models import flat_std
 from mainrag.prompts import judge_template
 from mainrag.results import AnswerResult, FilterResult, JudgeScore, ScoredDocument, Usage
 from mainrag.retrieval import Retriever
@@ -83,6 +84,8 @@ class MainRAG:
             s, self._backend(s.final_backend) if s.final_backend else self.backend
         )
         self.judges: list[Judge] = list(judges) if judges else self._make_judges()  # type: ignore[arg-type]
+        # Each judge's flatness bar by its model; a ready-made judge's or backend's model is unknown.
+        self._flat = None if judges else self._flat_bars(backend_known=backend is None)
         self._sync_lock = threading.Lock()
         self._sync_loop: asyncio.AbstractEventLoop | None = None
         self._sync_thread: threading.Thread | None = None
@@ -93,6 +96,11 @@ class MainRAG:
         if key not in self._backends:
             self._backends[key] = self._make_backend(cfg)
         return self._backends[key]
+
+    def _flat_bars(self, *, backend_known: bool) -> list[float]:
+        s = self.settings
+        main = s.backend.model if backend_known else None
+        return [flat_std(j.backend.model if j.backend else main) for j in s.judges] or [flat_std(main)]
 
     def _make_judges(self) -> list[Judge]:
         s = self.settings
@@ -254,7 +262,8 @@ class MainRAG:
         s = self.settings
         return decide(
             matrix, n=s.n, mode=s.consensus, quorum=s.quorum, min_keep=s.min_keep, max_keep=s.max_keep,
-            retriever_weight=s.retriever_weight, fallback=s.fallback, distrust=distrust, blocked=blocked,
+            retriever_weight=s.retriever_weight, fallback=s.fallback, flat=self._flat, distrust=distrust,
+            blocked=blocked,
         )
 
     def _screen(self, docs: list[Document], answers: list[Answer]) -> list[list[str]]:

@@ -31,6 +31,9 @@ class Preset(BaseModel):
     data_files: list[str]  # path inside each distribution, same order
     sha256: str
     size: int
+    # As a judge, the spread (std) of its raw log-odds over a query's documents below which it cannot
+    # tell them apart: the fallback's bar (Fallback.min_std), measured with the default judge prompt.
+    flat_std: float = 0.05
 
     def requirement_names(self) -> list[str]:
         return [d.split("==")[0] for d in self.distributions]
@@ -56,6 +59,9 @@ PRESETS: dict[str, Preset] = {
             data_files=_q15[1],
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             size=1_117_320_768,
+            # ARC-Challenge, where it ranks at chance: 0.09-0.16; PopQA 0.67-1.01, HotpotQA 0.22-0.71
+            # (benchmarks/RESULTS.md, "do no harm on ARC")
+            flat_std=0.2,
         ),
         Preset(
             name="qwen2.5-0.5b",
@@ -64,6 +70,7 @@ PRESETS: dict[str, Preset] = {
             data_files=_q05[1],
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             size=491_400_064,
+            flat_std=0.05,  # its informative PopQA scores spread only 0.08-0.13 (AUC 0.84)
         ),
         Preset(
             name="smollm2-135m",
@@ -77,6 +84,13 @@ PRESETS: dict[str, Preset] = {
 }
 
 DEFAULT_MODEL = "qwen2.5-1.5b"
+UNCALIBRATED_FLAT_STD = 0.05  # the flatness bar of a judge model that is not a preset
+
+
+def flat_std(model: str | None) -> float:
+    """A judge model's flatness bar: its preset's (by name, served name or file name), else 0.05."""
+    preset = model and (PRESETS.get(model) or PRESETS.get(Path(model).name.removesuffix(".gguf")))
+    return preset.flat_std if preset else UNCALIBRATED_FLAT_STD
 
 
 def cache_dir() -> Path:

@@ -27,12 +27,14 @@ Two more rules, both off at their zero values:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, Field
+
+from mainrag.models import UNCALIBRATED_FLAT_STD
 
 ConsensusMode = Literal["mean", "vote", "unanimous"]
 # judges_first (the default): by the judges' consensus alone (the voice helps decide what is kept, not
@@ -61,9 +63,10 @@ class Fallback(BaseModel):
 
     enabled: bool = True
     keep: int = Field(5, ge=1)  # the retriever's top documents kept instead
-    # A spread of raw log-odds below this (every judge) is flat. Not higher: the 0.5B judge ranks
-    # PopQA passages at AUC 0.84 with spreads of only 0.10-0.13 (benchmarks/RESULTS.md).
-    min_std: float = Field(0.05, ge=0)
+    # A spread of raw log-odds below this (every judge) is flat. None: each judge model's own bar
+    # (mainrag.models.flat_std), as scales differ: the 1.5B spreads 0.09-0.16 on ARC, where it ranks
+    # at chance, and the 0.5B only 0.08-0.13 on PopQA, where it ranks at AUC 0.84 (RESULTS.md).
+    min_std: float | None = Field(None, ge=0)
     min_best: float = -3.0  # every raw score below this: no document is worth keeping by its judges
 
 
@@ -109,17 +112,30 @@ def retriever_voice(n_docs: int) -> NDArray[np.float64]:
     return zscores(-np.arange(n_docs, dtype=np.float64)[:, None])[:, 0]
 
 
-def uninformative(m: NDArray[np.float64], rule: Fallback) -> str | None:
-    """Why the judges' raw scores cannot separate the documents, if they cannot."""
+def uninformative(m: NDArray[np.float64], rule: Fallback, flat: Sequence[float]) -> str | None:
+    """Why the judges' raw scores cannot separate the documents, if they cannot; ``flat`` holds
+    each judge's flatness bar."""
     if m.shape[0] < 2:
         return None
-    spread = np.nanstd(m, axis=0)
-    if np.all(np.nan_to_num(spread, nan=0.0) < rule.min_std):
-        return f"flat scores: every judge's spread is below {rule.min_std:g} (largest {np.nanmax(spread):.3g})"
+    spread = np.nan_to_num(np.nanstd(m, axis=0), nan=0.0)
+    if np.all(spread < flat):
+        bars = ", ".join(f"{s:.3g} < {b:g}" for s, b in zip(spread, flat, strict=True))
+        return f"flat scores: every judge's spread is below its flatness bar ({bars})"
     best = float(np.nanmax(m))
     if best < rule.min_best:
         return f"every score is below {rule.min_best:g} (best {best:.3g}): no document convinced a judge"
     return None
+
+
+def _flat_bars(rule: Fallback, flat: Sequence[float] | None, judges: int) -> list[float]:
+    """Each judge's flatness bar: the rule's for all, else the caller's per judge."""
+    if rule.min_std is not None:
+        return [rule.min_std] * judges
+    if flat is None:
+        return [UNCALIBRATED_FLAT_STD] * judges
+    if len(flat) != judges:
+        raise ValueError(f"{len(flat)} flatness bars for {judges} judges")
+    return list(flat)
 
 
 def _combine(z: NDArray[np.float64], voice: NDArray[np.float64] | None, weight: float) -> NDArray[np.float64]:
@@ -143,11 +159,13 @@ def decide(
     max_keep: int | None = None,
     retriever_weight: float = 0.0,
     fallback: Fallback | None = None,
+    flat: Sequence[float] | None = None,
     distrust: str | None = None,
     blocked: list[bool] | None = None,
 ) -> Decision:
     """Apply the bar to a (documents x judges) score matrix (NaN = failed), rows in
-    retriever order; ``distrust`` is the caller's reason to fall back (e.g. censoring);
+    retriever order; ``flat`` is each judge's flatness bar where ``fallback.min_std`` is None
+    (by default an uncalibrated model's); ``distrust`` is the caller's reason to fall back (e.g. censoring);
     ``blocked`` documents (suspected injections) are never kept nor counted in the bar."""
     m = np.asarray(scores, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] == 0 or m.shape[1] == 0:
@@ -177,7 +195,7 @@ def decide(
         kept += rest[: min_keep - len(kept)]
     reason = None
     if fallback is not None and fallback.enabled:
-        reason = distrust or uninformative(m, fallback)
+        reason = distrust or uninformative(m, fallback, _flat_bars(fallback, flat, m.shape[1]))
         if reason:
             top = max(fallback.keep, min_keep)  # the retriever's top (min_keep is a floor), best first
             kept = _order(final, np.flatnonzero(scored)[:top])

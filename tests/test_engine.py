@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from needs import need_model
 
 from mainrag import AnswerResult, InputError, JudgeSettings, MainRAG, Settings
 from mainrag.backends.base import Prompt
 from mainrag.documents import Document, load_documents
+from mainrag.models import cached_path
 from mainrag.prompts import fence, fenced_documents
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "popqa_question.jsonl"
@@ -105,6 +107,25 @@ async def test_judges_that_cannot_tell_fall_back_to_the_retrievers_top(candidate
     assert result.citations == [docs[0].id, docs[1].id]
     async with MainRAG(backend=TINY, judge_prompt="judge-only", fallback={"enabled": False}) as rag:
         assert (await rag.filter(question, docs)).fallback is None
+
+
+def test_a_judge_is_flat_by_its_own_models_bar() -> None:
+    """A spread of 0.11 says nothing from the 1.5B judge (it spreads 0.09-0.16 on ARC, where it ranks
+    at chance) but ranks passages from the 0.5B (RESULTS.md); no model call: the bar alone."""
+    for name in ("qwen2.5-1.5b", "qwen2.5-0.5b"):
+        need_model(name)
+    scores = np.array([[0.0], [0.2], [0.1], [0.3]])
+    big, small = {"model": "qwen2.5-1.5b"}, {"model": "qwen2.5-0.5b"}
+    flat = MainRAG(backend=big).decide(scores)
+    assert flat.fallback and "flat scores" in flat.fallback and "0.112 < 0.2" in flat.fallback
+    assert MainRAG(backend=small).decide(scores).fallback is None
+    assert MainRAG(backend={"model": str(cached_path("qwen2.5-1.5b"))}).decide(scores).fallback  # its file: the same
+    assert MainRAG(backend=big, fallback={"min_std": 0.05}).decide(scores).fallback is None  # a set bar wins
+    judges = [{"name": "big"}, {"name": "small", "backend": small}]  # flat only if every judge is
+    assert MainRAG(backend=big, judges=judges).decide(np.hstack([scores, scores])).fallback is None
+    assert MainRAG(backend=small, judges=[{"name": "a", "backend": big}, {"name": "b", "backend": big}]).decide(
+        np.hstack([scores, scores])
+    ).fallback
 
 
 async def test_judges_first_reads_the_kept_documents_in_the_judges_order(candidates: tuple[str, list]) -> None:

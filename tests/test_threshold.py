@@ -151,6 +151,19 @@ def test_do_no_harm_keeps_the_retrievers_top_and_says_why() -> None:
     assert decide([[float("nan")], [0.1], [0.1], [0.1]], fallback=rule).kept == [1, 2]
 
 
+def test_each_judge_is_flat_by_its_own_bar_unless_the_rule_sets_one() -> None:
+    """min_std None: every judge's spread against its own bar (its model's calibration)."""
+    scores = [[0.0, 0.0], [0.2, 0.2], [0.1, 0.1], [0.3, 0.3]]  # both judges spread 0.112
+    calibrated = Fallback(keep=1)
+    assert decide(scores, fallback=calibrated, flat=[0.2, 0.2]).fallback  # both flat by their bar
+    mixed = decide(scores, fallback=calibrated, flat=[0.2, 0.05])  # the second judge can tell
+    assert mixed.fallback is None and mixed.kept == [3, 1]
+    assert decide(scores, fallback=calibrated).fallback is None  # no bars given: an uncalibrated model's 0.05
+    assert decide(scores, fallback=Fallback(keep=1, min_std=0.5), flat=[0.05, 0.05]).fallback  # the rule wins
+    with pytest.raises(ValueError, match="1 flatness bars for 2 judges"):
+        decide(scores, fallback=calibrated, flat=[0.2])
+
+
 def test_final_order() -> None:
     assert final_order([3, 0, 2], "best_first") == [3, 0, 2]
     assert final_order([3, 0, 2], "best_last") == [2, 0, 3]
