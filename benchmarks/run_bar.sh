@@ -13,7 +13,9 @@ MODEL=${MODEL:-qwen2.5-1.5b}
 OUT=${OUT:-benchmarks}
 N=${N:--0.25}
 ORDER=${ORDER:-judges_first}
-export MAINRAG_N=$N MAINRAG_FINAL_ORDER=$ORDER
+# These replays began while the flatness bar was 0.05 for every judge model and the fallback kept 5
+# (now the 1.5B's bar is 0.2, and 12 are kept).
+export MAINRAG_N=$N MAINRAG_FINAL_ORDER=$ORDER MAINRAG_FALLBACK__MIN_STD=${MIN_STD:-0.05} MAINRAG_FALLBACK__KEEP=${KEEP:-5}
 tag=n$N  # e.g. n-0.25 (the default order) or n-0.25_best_first
 [ "$ORDER" = judges_first ] || tag+=_$ORDER
 common=(--model "$MODEL" --threads "${THREADS:-2}" --resume --no-progress --systems rag,main-rag,mainrag)

@@ -26,7 +26,10 @@ ARC=${ARC:-closed-book,rag,main-rag,judge-only,mainrag,mainrag-retriever-order}
 common=(--model "$MODEL" --threads "${THREADS:-2}" --resume --no-progress)
 # The runs that began while best_first and n = 0 were the defaults keep them (--resume refuses other
 # settings): in those runs `mainrag` reads best first and `mainrag-judges-first` is the default order.
-PIN=(MAINRAG_FINAL_ORDER=best_first MAINRAG_N=0)
+# Every run before the gold-first one began while the flatness bar was 0.05 for every judge model and the
+# fallback kept the retriever's top 5 (now the 1.5B's bar is 0.2, and 12 are kept): they keep them.
+OLD_FALLBACK=(MAINRAG_FALLBACK__MIN_STD=0.05 MAINRAG_FALLBACK__KEEP=5)
+PIN=(MAINRAG_FINAL_ORDER=best_first MAINRAG_N=0 "${OLD_FALLBACK[@]}")
 
 bench() {  # NAME DATASET LIMIT SYSTEMS [options]
   local name=$1 dataset=$2 limit=${LIMIT:-$3} systems=$4
@@ -45,8 +48,13 @@ bench popqa_gold_last_judges_first_qwen1.5b popqa 50 "$ORDER" --gold-at last "${
 bench popqa_gold_middle_judges_first_qwen1.5b popqa 50 "$ORDER" --gold-at middle "${popqa[@]}"
 bench popqa100_qwen1.5b popqa 100 "$CLEAN" "${popqa[@]}"
 bench hotpotqa100_qwen1.5b hotpotqa 100 "$CLEAN"
-PIN=()  # the library's defaults from here on
+PIN=("${OLD_FALLBACK[@]}")  # the library's other defaults from here on
 bench arc100_qwen1.5b arc_challenge 100 "$ARC"
+# Today's default there (the 1.5B's flatness bar 0.2, keep 12), replayed from the run's calls: one answer a
+# question. The replay began with the bar given explicitly, so it is pinned too.
+PIN=(MAINRAG_FALLBACK__MIN_STD=0.2 MAINRAG_FALLBACK__KEEP=12)
+bench arc100_flat0.2_keep12_qwen1.5b arc_challenge 100 rag,main-rag,mainrag --calls "$OUT/arc100_qwen1.5b/calls.jsonl"
+PIN=()
 # The third sweep position ("if time allows"): the same passages as the other two, so only the
 # answers are new.
 bench popqa_gold_first_qwen1.5b popqa 50 rag,main-rag,mainrag --gold-at first "${popqa[@]}"
